@@ -1,0 +1,366 @@
+// convlstm_gates for torch: argument checks, 3-D views, output allocation, autograd, and the CPU /
+// CUDA kernels of the schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 1).
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+#ifdef PREDKERN_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+#include <array>
+#include <string>
+
+#include "convlstm_gates.h"
+
+namespace predkern {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::Float32;
+    case at::kDouble: return DType::Float64;
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    default: TORCH_CHECK_TYPE(false, "predkern: unsupported dtype ", t);
+  }
+}
+
+// slot_block[k]: the block of gates_x holding gate k of "ifgo".
+std::array<int, 4> slot_blocks(const std::string& order) {
+  std::array<int, 4> slot_block{};
+  bool ok = order.size() == 4;
+  for (int k = 0; ok && k < 4; ++k) {
+    const auto pos = order.find("ifgo"[k]);
+    ok = pos != std::string::npos;
+    slot_block[k] = static_cast<int>(pos);
+  }
+  TORCH_CHECK_VALUE(ok, "convlstm_gates: `gate_order` must be a permutation of 'ifgo' (e.g. 'ifgo', "
+                    "'ifog', 'igfo'), got '", order, "'");
+  return slot_block;
+}
+
+GateAct gate_act_of(const std::string& act) {
+  if (act == "sigmoid") return GateAct::Sigmoid;
+  TORCH_CHECK_VALUE(act == "hard_sigmoid",
+                    "convlstm_gates: `gate_act` must be 'sigmoid' or 'hard_sigmoid', got '", act, "'");
+  return GateAct::HardSigmoid;
+}
+
+void check_tensor(const Tensor& t, const char* name, const Tensor& like) {
+  TORCH_CHECK_TYPE(t.is_floating_point(), "convlstm_gates: `", name,
+                   "` must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "convlstm_gates: `", name,
+                    "` must be a strided (dense) tensor, got layout ", t.layout());
+  TORCH_CHECK_VALUE(t.device() == like.device(), "convlstm_gates: `", name,
+                    "` must be on the device of gates_x (", like.device(), "), got ", t.device());
+}
+
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected, const char* what) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, "convlstm_gates: `", name, "` must have shape ", what,
+                    " = ", expected, ", got ", t.sizes());
+}
+
+// SPEC.md section 5: bad input raises before any kernel runs, naming the argument.
+void check_inputs(const Tensor& gx, const Tensor& c, const OptTensor& gh, const OptTensor& bias,
+                  const OptTensor& peep) {
+  check_tensor(gx, "gates_x", gx);
+  TORCH_CHECK_VALUE(gx.dim() >= 2, "convlstm_gates: `gates_x` must have shape (B, 4*C, *spatial), "
+                    "got ", gx.dim(), " dims ", gx.sizes());
+  TORCH_CHECK_VALUE(gx.size(1) % 4 == 0, "convlstm_gates: `gates_x`.size(1) must be a multiple of "
+                    "the 4 gates, got ", gx.size(1));
+  auto state_shape = gx.sizes().vec();
+  state_shape[1] /= 4;
+  check_tensor(c, "c", gx);
+  check_shape(c, "c", state_shape, "(B, C, *spatial) with C = gates_x.size(1) / 4");
+  const auto gdt = gx.scalar_type(), sdt = c.scalar_type();
+  const bool autocast_mix = sdt == at::kFloat && (gdt == at::kHalf || gdt == at::kBFloat16);
+  TORCH_CHECK_VALUE(gdt == sdt || autocast_mix, "convlstm_gates: `c` must have the dtype of "
+                    "gates_x (", gdt, "), or float32 with float16/bfloat16 gates, got ", sdt);
+  if (gh) {
+    check_tensor(*gh, "gates_h", gx);
+    check_shape(*gh, "gates_h", gx.sizes(), "gates_x.shape");
+    TORCH_CHECK_VALUE(gh->scalar_type() == gdt, "convlstm_gates: `gates_h` must have the dtype "
+                      "of gates_x (", gdt, "), got ", gh->scalar_type());
+  }
+  if (bias) {
+    check_tensor(*bias, "bias", gx);
+    check_shape(*bias, "bias", {gx.size(1)}, "(4*C,)");
+    TORCH_CHECK_VALUE(bias->scalar_type() == sdt, "convlstm_gates: `bias` must have the dtype of "
+                      "c (", sdt, "), got ", bias->scalar_type());
+  }
+  if (peep) {
+    check_tensor(*peep, "peephole", gx);
+    auto peep_shape = state_shape;
+    peep_shape[0] = 3;
+    check_shape(*peep, "peephole", peep_shape, "(3, C, *spatial)");
+    TORCH_CHECK_VALUE(peep->scalar_type() == sdt, "convlstm_gates: `peephole` must have the "
+                      "dtype of c (", sdt, "), got ", peep->scalar_type());
+  }
+}
+
+int64_t spatial_numel(const Tensor& t) {
+  int64_t s = 1;
+  for (int64_t d = 2; d < t.dim(); ++d) s *= t.size(d);
+  return s;
+}
+
+// (B, k*C, *spatial) as (B, k*C, S): a view whenever the spatial dims flatten, else a copy.
+View3 view3(const Tensor& t, int64_t S, Tensor& keep) {
+  keep = t.reshape({t.size(0), t.size(1), S});
+  return {keep.data_ptr(), keep.stride(0), keep.stride(1), keep.stride(2)};
+}
+
+View3 view3(const OptTensor& t, int64_t S, Tensor& keep) {
+  return t ? view3(*t, S, keep) : View3{};
+}
+
+#ifdef PREDKERN_WITH_CUDA
+void* current_stream(const Tensor& t) {
+  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
+}
+#endif
+
+std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& c,
+                                                const OptTensor& gh, const OptTensor& bias,
+                                                const OptTensor& peep, double forget_bias,
+                                                const std::string& gate_order,
+                                                const std::string& gate_act, bool save) {
+  check_inputs(gx, c, gh, bias, peep);
+  ConvLSTMGatesForward p;
+  std::copy_n(slot_blocks(gate_order).begin(), 4, p.slot_block);
+  p.act = gate_act_of(gate_act);
+  p.forget_bias = forget_bias;
+  p.gate_dtype = dtype_of(gx.scalar_type());
+  p.state_dtype = dtype_of(c.scalar_type());
+  p.B = gx.size(0);
+  p.C = gx.size(1) / 4;
+  p.S = spatial_numel(gx);
+
+  // Outputs follow gates_x's memory format (SPEC.md section 5).
+  const auto fmt = gx.suggest_memory_format();
+  const auto h_new = at::empty(c.sizes(), gx.options().memory_format(fmt));
+  const auto c_new = at::empty(c.sizes(), c.options().memory_format(fmt));
+  const auto pre_act = save ? at::empty(gx.sizes(), c.options().memory_format(fmt)) : Tensor();
+  if (h_new.numel() == 0) return {h_new, c_new, pre_act};
+
+  Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
+  p.gates_x = view3(gx, p.S, k[0]);
+  p.gates_h = view3(gh, p.S, k[1]);
+  p.c = view3(c, p.S, k[2]);
+  p.peephole = view3(peep, p.S, k[3]);
+  if (bias) p.bias = {bias->data_ptr(), 0, bias->stride(0), 0};
+  p.h_new = view3(h_new, p.S, k[4]);
+  p.c_new = view3(c_new, p.S, k[5]);
+  if (save) p.pre_act = view3(pre_act, p.S, k[6]);
+
+  if (gx.is_cuda()) {
+#ifdef PREDKERN_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(gx.device());
+    convlstm_gates_forward_cuda(p, current_stream(gx));
+#endif
+  } else {
+    convlstm_gates_forward_cpu(p);
+  }
+  return {h_new, c_new, pre_act};
+}
+
+std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTensor& grad_c_new,
+                                         const Tensor& pre_act, const Tensor& c,
+                                         const OptTensor& peep, at::ScalarType gate_dtype,
+                                         const std::string& gate_order,
+                                         const std::string& gate_act) {
+  // pre_act (state dtype), c and peephole come from the forward; the rest is checked against them.
+  check_inputs(pre_act, c, std::nullopt, std::nullopt, peep);
+  const auto sdt = c.scalar_type();
+  TORCH_CHECK_VALUE(gate_dtype == sdt || (sdt == at::kFloat && (gate_dtype == at::kHalf ||
+                                                                gate_dtype == at::kBFloat16)),
+                    "convlstm_gates_backward: `gate_dtype` ", gate_dtype,
+                    " does not go with state dtype ", sdt);
+  if (grad_h) {
+    check_tensor(*grad_h, "grad_h", pre_act);
+    check_shape(*grad_h, "grad_h", c.sizes(), "c.shape");
+    TORCH_CHECK_VALUE(grad_h->scalar_type() == gate_dtype,
+                      "convlstm_gates_backward: `grad_h` must have dtype ", gate_dtype);
+  }
+  if (grad_c_new) {
+    check_tensor(*grad_c_new, "grad_c_new", pre_act);
+    check_shape(*grad_c_new, "grad_c_new", c.sizes(), "c.shape");
+    TORCH_CHECK_VALUE(grad_c_new->scalar_type() == c.scalar_type(),
+                      "convlstm_gates_backward: `grad_c_new` must have dtype ", c.scalar_type());
+  }
+  ConvLSTMGatesBackward p;
+  std::copy_n(slot_blocks(gate_order).begin(), 4, p.slot_block);
+  p.act = gate_act_of(gate_act);
+  p.gate_dtype = dtype_of(gate_dtype);
+  p.state_dtype = dtype_of(c.scalar_type());
+  p.B = pre_act.size(0);
+  p.C = pre_act.size(1) / 4;
+  p.S = spatial_numel(pre_act);
+
+  const auto fmt = pre_act.suggest_memory_format();
+  const auto grad_gates =
+      at::empty(pre_act.sizes(), pre_act.options().dtype(gate_dtype).memory_format(fmt));
+  const auto grad_c = at::empty(c.sizes(), c.options().memory_format(fmt));
+  if (grad_c.numel() == 0) return {grad_gates, grad_c};
+
+  Tensor k[7];
+  p.grad_h = view3(grad_h, p.S, k[0]);
+  p.grad_c_new = view3(grad_c_new, p.S, k[1]);
+  p.pre_act = view3(pre_act, p.S, k[2]);
+  p.c = view3(c, p.S, k[3]);
+  p.peephole = view3(peep, p.S, k[4]);
+  p.grad_gates = view3(grad_gates, p.S, k[5]);
+  p.grad_c = view3(grad_c, p.S, k[6]);
+
+  if (pre_act.is_cuda()) {
+#ifdef PREDKERN_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(pre_act.device());
+    convlstm_gates_backward_cuda(p, current_stream(pre_act));
+#endif
+  } else {
+    convlstm_gates_backward_cpu(p);
+  }
+  return {grad_gates, grad_c};
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& gx, const Tensor& c,
+                                                  const OptTensor& gh, const OptTensor& bias,
+                                                  const OptTensor& peep, double forget_bias,
+                                                  c10::string_view gate_order,
+                                                  c10::string_view gate_act) {
+  return forward_impl(gx, c, gh, bias, peep, forget_bias, std::string(gate_order),
+                      std::string(gate_act), /*save=*/true);
+}
+
+// The public op below autograd (inference): no pre-activations are written.
+std::tuple<Tensor, Tensor> inference_kernel(const Tensor& gx, const Tensor& c, const OptTensor& gh,
+                                            const OptTensor& bias, const OptTensor& peep,
+                                            double forget_bias, c10::string_view gate_order,
+                                            c10::string_view gate_act) {
+  auto [h_new, c_new, unused] = forward_impl(gx, c, gh, bias, peep, forget_bias,
+                                             std::string(gate_order), std::string(gate_act),
+                                             /*save=*/false);
+  return {h_new, c_new};
+}
+
+std::tuple<Tensor, Tensor> backward_kernel(const OptTensor& grad_h, const OptTensor& grad_c_new,
+                                           const Tensor& pre_act, const Tensor& c,
+                                           const OptTensor& peep, at::ScalarType gate_dtype,
+                                           c10::string_view gate_order,
+                                           c10::string_view gate_act) {
+  return backward_impl(grad_h, grad_c_new, pre_act, c, peep, gate_dtype, std::string(gate_order),
+                       std::string(gate_act));
+}
+
+OptTensor defined_or_null(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const Tensor& gx, const Tensor& c,
+                                                const OptTensor& gh, const OptTensor& bias,
+                                                const OptTensor& peep, double forget_bias,
+                                                const std::string& gate_order,
+                                                const std::string& gate_act) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("predkern::convlstm_gates_forward", "")
+                               .typed<decltype(forward_kernel)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [h_new, c_new, pre_act] =
+        op.call(gx, c, gh, bias, peep, forget_bias, gate_order, gate_act);
+    // Undefined incoming gradients stay undefined: the kernel treats them as zero, unread.
+    ctx->set_materialize_grads(false);
+    // Saved: the activations' arguments and c (5C per element; eager saves ~6C), plus c_new
+    // when the peephole W_co needs it.
+    ctx->save_for_backward({pre_act, c, peep.value_or(Tensor()), peep ? c_new : Tensor()});
+    ctx->saved_data["gate_dtype"] = gx.scalar_type();
+    ctx->saved_data["gate_order"] = gate_order;
+    ctx->saved_data["gate_act"] = gate_act;
+    ctx->saved_data["has_gates_h"] = gh.has_value();
+    ctx->saved_data["has_bias"] = bias.has_value();
+    return {h_new, c_new};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("predkern::convlstm_gates_backward", "")
+                               .typed<decltype(backward_kernel)>();
+    const auto saved = ctx->get_saved_variables();
+    const auto &pre_act = saved[0], &c = saved[1], &peep = saved[2], &c_new = saved[3];
+    const auto gate_order = ctx->saved_data["gate_order"].toStringRef();
+    const auto gate_act = ctx->saved_data["gate_act"].toStringRef();
+    torch::autograd::variable_list out(8);
+    if (!grads[0].defined() && !grads[1].defined()) return out;
+
+    auto [grad_gates, grad_c] = op.call(defined_or_null(grads[0]), defined_or_null(grads[1]),
+                                        pre_act, c, defined_or_null(peep),
+                                        ctx->saved_data["gate_dtype"].toScalarType(), gate_order,
+                                        gate_act);
+    // needs_input_grad counts only the tensors that were given.
+    const bool has_gates_h = ctx->saved_data["has_gates_h"].toBool();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const size_t bias_edge = 2 + has_gates_h, peephole_edge = bias_edge + has_bias;
+    out[0] = grad_gates;
+    out[1] = grad_c;
+    if (has_gates_h) out[2] = grad_gates;
+    if (has_bias && ctx->needs_input_grad(bias_edge)) {
+      std::vector<int64_t> dims{0};
+      for (int64_t d = 2; d < grad_gates.dim(); ++d) dims.push_back(d);
+      out[3] = at::sum(grad_gates, dims, false, c.scalar_type());
+    }
+    if (peep.defined() && ctx->needs_input_grad(peephole_edge)) {
+      // d/dW_c{i,f,o} = sum over batch of dz_{i,f,o} * (c, c, c_new).
+      const auto C = pre_act.sym_size(1) / 4;
+      const auto slot = slot_blocks(gate_order);
+      auto dz = [&](int k) { return grad_gates.narrow_symint(1, C * slot[k], C); };
+      out[4] = at::stack({(dz(kI) * c).sum(0), (dz(kF) * c).sum(0), (dz(kO) * c_new).sum(0)})
+                   .to(peep.scalar_type());
+    }
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor> autograd_kernel(const Tensor& gx, const Tensor& c, const OptTensor& gh,
+                                           const OptTensor& bias, const OptTensor& peep,
+                                           double forget_bias, c10::string_view gate_order,
+                                           c10::string_view gate_act) {
+  const auto requires_grad = [](const OptTensor& t) { return t && t->requires_grad(); };
+  const bool needs_grad = at::GradMode::is_enabled() &&
+                          (gx.requires_grad() || c.requires_grad() || requires_grad(gh) ||
+                           requires_grad(bias) || requires_grad(peep));
+  if (!needs_grad) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("predkern::convlstm_gates", "")
+                               .typed<decltype(inference_kernel)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(gx, c, gh, bias, peep, forget_bias, gate_order, gate_act);
+  }
+  auto out = ConvLSTMGatesFunction::apply(gx, c, gh, bias, peep, forget_bias,
+                                          std::string(gate_order), std::string(gate_act));
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(predkern, Autograd, m) { m.impl("convlstm_gates", &autograd_kernel); }
+
+TORCH_LIBRARY_IMPL(predkern, CPU, m) {
+  m.impl("convlstm_gates", &inference_kernel);
+  m.impl("convlstm_gates_forward", &forward_kernel);
+  m.impl("convlstm_gates_backward", &backward_kernel);
+}
+
+#ifdef PREDKERN_WITH_CUDA
+TORCH_LIBRARY_IMPL(predkern, CUDA, m) {
+  m.impl("convlstm_gates", &inference_kernel);
+  m.impl("convlstm_gates_forward", &forward_kernel);
+  m.impl("convlstm_gates_backward", &backward_kernel);
+}
+#endif
+
+}  // namespace predkern

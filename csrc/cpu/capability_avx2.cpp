@@ -1,0 +1,21 @@
+// Recompiles every CPU kernel for AVX2 (the instruction subset PyTorch's own AVX2 kernels use).
+// Same condition as PREDKERN_CPU_HAS_AVX_VARIANTS in capability.h, which must not be included first.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#pragma GCC target("avx2,fma,f16c")
+// The pragma enables the instructions but not the feature macros that sleef.h and ATen test.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#include "cpu/convlstm_gates.cpp"
+#endif

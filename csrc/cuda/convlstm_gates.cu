@@ -1,0 +1,587 @@
+// CUDA kernels for convlstm_gates (SPEC.md section 1): one launch for the forward, one for the
+// backward. Only CUDA runtime headers, so this compiles with a bare nvcc (DESIGN.md).
+//
+// Each thread handles one (b, ch, s) element of the (B, C, S) outputs. The flat element index is
+// decomposed as (b, mid, fast), where `fast` is whichever of channel / space has the smaller stride
+// in the main output (h_new forward, grad_c backward): space for NCHW, channels for channels_last,
+// so consecutive threads touch consecutive addresses in both layouts.
+//
+// Templates: gate dtype G, state dtype S (the six allowed pairs), index type I (int32 when every
+// reachable offset fits, else int64) and the gate activation. Optional inputs are uniform runtime
+// branches on null pointers (warp-uniform, no divergence), which keeps the instantiation count at
+// 6 x 2 x 2 per direction. Math is in float (double for float64); loads convert, stores round once.
+#include "convlstm_gates.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace predkern {
+namespace convlstm_cuda {
+
+#if defined(__CUDACC__)
+#define PK_HD __host__ __device__ __forceinline__
+#else
+#define PK_HD inline
+#endif
+
+constexpr int kThreads = 256;
+
+// ---------------------------------------------------------------------------------------------
+// Scalar helpers: opmath type, load-convert, round-once store, activations.
+// ---------------------------------------------------------------------------------------------
+template <typename G>
+using OpMath = typename std::conditional<std::is_same<G, double>::value, double, float>::type;
+
+PK_HD float to_op(float x) { return x; }
+PK_HD double to_op(double x) { return x; }
+PK_HD float to_op(__half x) { return __half2float(x); }
+PK_HD float to_op(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T, typename X>
+PK_HD T load(const X* p) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<T>(to_op(__ldg(p)));  // inputs are read-only for the kernel's lifetime
+#else
+  return static_cast<T>(to_op(*p));
+#endif
+}
+
+template <typename X> struct Store;
+template <> struct Store<float> {
+  PK_HD static void put(float* p, float v) { *p = v; }
+};
+template <> struct Store<double> {
+  PK_HD static void put(double* p, double v) { *p = v; }
+};
+template <> struct Store<__half> {
+  PK_HD static void put(__half* p, float v) { *p = __float2half_rn(v); }
+};
+template <> struct Store<__nv_bfloat16> {
+  PK_HD static void put(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+};
+
+template <typename X, typename T>
+PK_HD void store(X* p, T v) { Store<X>::put(p, v); }
+
+PK_HD float op_exp(float x) { return expf(x); }
+PK_HD double op_exp(double x) { return exp(x); }
+PK_HD float op_tanh(float x) { return tanhf(x); }
+PK_HD double op_tanh(double x) { return tanh(x); }
+
+// 0.2*x + 0.5 without fma contraction, so the clamp boundaries (x = +-2.5) land exactly where
+// eager PyTorch puts them (a mul then an add, each rounded).
+PK_HD float hard_t(float x) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(__fmul_rn(0.2f, x), 0.5f);
+#else
+  volatile float m = 0.2f * x;
+  return m + 0.5f;
+#endif
+}
+PK_HD double hard_t(double x) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dmul_rn(0.2, x), 0.5);
+#else
+  volatile double m = 0.2 * x;
+  return m + 0.5;
+#endif
+}
+
+template <typename T, int ACT>
+PK_HD T act(T z) {
+  if (ACT == static_cast<int>(GateAct::Sigmoid)) {
+    return T(1) / (T(1) + op_exp(-z));
+  } else {
+    const T t = hard_t(z);
+    return t < T(0) ? T(0) : (t > T(1) ? T(1) : t);  // NaN propagates (no fmin/fmax)
+  }
+}
+
+// d act / dz, given z and a = act(z).
+template <typename T, int ACT>
+PK_HD T dact(T z, T a) {
+  if (ACT == static_cast<int>(GateAct::Sigmoid)) {
+    return a * (T(1) - a);
+  } else {
+    const T t = hard_t(z);
+    return (t >= T(0) && t <= T(1)) ? T(0.2) : T(0);  // inclusive, as torch.clamp's backward
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Index helpers.
+// ---------------------------------------------------------------------------------------------
+// n -> (n / d, n % d). The int32 flavour uses a multiply-high by a magic number (PyTorch's
+// IntDivider); valid for 0 <= n < 2^31 and 1 <= d < 2^31.
+template <typename I> struct DivMod;
+
+template <> struct DivMod<int32_t> {
+  uint32_t d = 1, m = 1, sh = 0;
+  DivMod() = default;
+  explicit DivMod(int64_t div) : d(static_cast<uint32_t>(div)) {
+    for (sh = 0; sh < 32; ++sh)
+      if ((uint64_t{1} << sh) >= d) break;
+    const uint64_t magic = ((uint64_t{1} << 32) * ((uint64_t{1} << sh) - d)) / d + 1;
+    m = static_cast<uint32_t>(magic);
+  }
+  PK_HD void divmod(int32_t n, int32_t& q, int32_t& r) const {
+    const uint32_t un = static_cast<uint32_t>(n);
+#if defined(__CUDA_ARCH__)
+    const uint32_t t = __umulhi(un, m);
+#else
+    const uint32_t t = static_cast<uint32_t>((static_cast<uint64_t>(un) * m) >> 32);
+#endif
+    const uint32_t uq = (t + un) >> sh;
+    q = static_cast<int32_t>(uq);
+    r = static_cast<int32_t>(un - uq * d);
+  }
+};
+
+template <> struct DivMod<int64_t> {
+  int64_t d = 1;
+  DivMod() = default;
+  explicit DivMod(int64_t div) : d(div) {}
+  PK_HD void divmod(int64_t n, int64_t& q, int64_t& r) const {
+    q = n / d;
+    r = n - q * d;
+  }
+};
+
+template <typename I>
+struct Str {
+  I sb = 0, sc = 0, ss = 0;
+  PK_HD I at(I b, I ch, I s) const { return b * sb + ch * sc + s * ss; }
+};
+
+template <typename I>
+Str<I> make_str(const View3& v) {
+  Str<I> r;
+  r.sb = static_cast<I>(v.sb);
+  r.sc = static_cast<I>(v.sc);
+  r.ss = static_cast<I>(v.ss);
+  return r;
+}
+
+// The flat-index decomposition shared by both kernels.
+template <typename I>
+struct Layout {
+  DivMod<I> fast, mid;  // sizes of the fastest and the middle dims
+  bool chan_fast = false;
+  PK_HD void decompose(I idx, I& b, I& ch, I& s) const {
+    I q, r0, r1;
+    fast.divmod(idx, q, r0);
+    mid.divmod(q, b, r1);
+    ch = chan_fast ? r0 : r1;
+    s = chan_fast ? r1 : r0;
+  }
+};
+
+// Channels vary fastest when their stride in the output is the smaller one (channels_last), or
+// when there is a single spatial position (plain LSTM); else space varies fastest (NCHW).
+template <typename I>
+Layout<I> make_layout(int64_t C, int64_t S, const View3& out) {
+  bool chan_fast;
+  if (S == 1)
+    chan_fast = true;
+  else if (C == 1)
+    chan_fast = false;
+  else
+    chan_fast = std::llabs(static_cast<long long>(out.sc)) <
+                std::llabs(static_cast<long long>(out.ss));
+  Layout<I> l;
+  l.chan_fast = chan_fast;
+  l.fast = DivMod<I>(chan_fast ? C : S);
+  l.mid = DivMod<I>(chan_fast ? S : C);
+  return l;
+}
+
+// Largest |offset| reachable in a view of the given sizes (double: no overflow on silly strides).
+inline double reach(const View3& v, int64_t nb, int64_t nc, int64_t ns) {
+  if (v.ptr == nullptr) return 0.0;
+  auto term = [](int64_t n, int64_t st) {
+    return n > 1 ? static_cast<double>(n - 1) * std::fabs(static_cast<double>(st)) : 0.0;
+  };
+  return term(nb, v.sb) + term(nc, v.sc) + term(ns, v.ss);
+}
+
+constexpr double kI32Max = static_cast<double>(std::numeric_limits<int32_t>::max());
+
+inline void check_slots(const int (&slot_block)[4], const char* who) {
+  int seen = 0;
+  for (int k = 0; k < 4; ++k) {
+    if (slot_block[k] < 0 || slot_block[k] > 3 || (seen & (1 << slot_block[k])))
+      throw std::runtime_error(std::string(who) + ": slot_block must be a permutation of 0..3");
+    seen |= 1 << slot_block[k];
+  }
+}
+
+inline void check_launch(const char* who) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(who) + ": CUDA kernel launch failed: " +
+                             cudaGetErrorString(err));
+}
+
+inline unsigned int grid_for(int64_t n) {
+  int64_t blocks = (n + kThreads - 1) / kThreads;
+  const int64_t cap = std::numeric_limits<int32_t>::max();  // gridDim.x limit; the loop covers the rest
+  if (blocks > cap) blocks = cap;
+  return static_cast<unsigned int>(blocks);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+// ---------------------------------------------------------------------------------------------
+template <typename G, typename S, typename I>
+struct FwdArgs {
+  using T = OpMath<G>;
+  int64_t n = 0;  // B*C*S
+  Layout<I> lay;
+  const G* gx = nullptr;
+  const G* gh = nullptr;
+  const S* c = nullptr;
+  const S* bias = nullptr;
+  const S* peep = nullptr;
+  G* h = nullptr;
+  S* cn = nullptr;
+  S* pre = nullptr;
+  Str<I> gx_s, gh_s, c_s, peep_s, h_s, cn_s, pre_s;
+  I bias_sc = 0;
+  I gx_blk[4] = {0, 0, 0, 0};    // offset of the block holding slot k
+  I gh_blk[4] = {0, 0, 0, 0};
+  I bias_blk[4] = {0, 0, 0, 0};
+  I pre_blk[4] = {0, 0, 0, 0};   // pre_act is in slot order: block k
+  T forget_bias = T(0);
+};
+
+template <typename G, typename S, typename I, int ACT>
+PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
+  using T = OpMath<G>;
+  I b, ch, s;
+  a.lay.decompose(idx, b, ch, s);
+
+  const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
+  T z[4];
+  const I gxo = a.gx_s.at(b, ch, s);
+  for (int k = 0; k < 4; ++k) z[k] = load<T>(a.gx + gxo + a.gx_blk[k]);
+  if (a.gh != nullptr) {
+    const I gho = a.gh_s.at(b, ch, s);
+    for (int k = 0; k < 4; ++k) z[k] += load<T>(a.gh + gho + a.gh_blk[k]);
+  }
+  if (a.bias != nullptr) {
+    const I bo = ch * a.bias_sc;
+    for (int k = 0; k < 4; ++k) z[k] += load<T>(a.bias + bo + a.bias_blk[k]);
+  }
+  T zi = z[kI], zf = z[kF], zo = z[kO];
+  const T zg = z[kG];
+  T wco = T(0);
+  const bool peep = a.peep != nullptr;
+  if (peep) {
+    const I po = a.peep_s.at(0, ch, s);
+    zi += load<T>(a.peep + po) * cv;
+    zf += load<T>(a.peep + po + a.peep_s.sb) * cv;
+    wco = load<T>(a.peep + po + 2 * a.peep_s.sb);
+  }
+  zf += a.forget_bias;
+
+  const T i = act<T, ACT>(zi);
+  const T f = act<T, ACT>(zf);
+  const T g = op_tanh(zg);
+  const T cn = f * cv + i * g;
+  if (peep) zo += wco * cn;
+  const T o = act<T, ACT>(zo);
+  const T h = o * op_tanh(cn);
+
+  store(a.h + a.h_s.at(b, ch, s), h);
+  store(a.cn + a.cn_s.at(b, ch, s), cn);
+  if (a.pre != nullptr) {
+    const I pro = a.pre_s.at(b, ch, s);
+    store(a.pre + pro + a.pre_blk[kI], zi);
+    store(a.pre + pro + a.pre_blk[kF], zf);
+    store(a.pre + pro + a.pre_blk[kG], zg);
+    store(a.pre + pro + a.pre_blk[kO], zo);
+  }
+}
+
+template <typename G, typename S, typename I, int ACT>
+__global__ void __launch_bounds__(kThreads) convlstm_gates_fwd_kernel(const FwdArgs<G, S, I> a) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
+    fwd_element<G, S, I, ACT>(a, static_cast<I>(k));
+}
+
+template <typename G, typename S, typename I>
+FwdArgs<G, S, I> make_fwd_args(const ConvLSTMGatesForward& p) {
+  FwdArgs<G, S, I> a;
+  a.n = p.B * p.C * p.S;
+  a.lay = make_layout<I>(p.C, p.S, p.h_new);
+  a.gx = static_cast<const G*>(p.gates_x.ptr);
+  a.gh = static_cast<const G*>(p.gates_h.ptr);
+  a.c = static_cast<const S*>(p.c.ptr);
+  a.bias = static_cast<const S*>(p.bias.ptr);
+  a.peep = static_cast<const S*>(p.peephole.ptr);
+  a.h = static_cast<G*>(p.h_new.ptr);
+  a.cn = static_cast<S*>(p.c_new.ptr);
+  a.pre = static_cast<S*>(p.pre_act.ptr);
+  a.gx_s = make_str<I>(p.gates_x);
+  a.gh_s = make_str<I>(p.gates_h);
+  a.c_s = make_str<I>(p.c);
+  a.peep_s = make_str<I>(p.peephole);
+  a.h_s = make_str<I>(p.h_new);
+  a.cn_s = make_str<I>(p.c_new);
+  a.pre_s = make_str<I>(p.pre_act);
+  a.bias_sc = static_cast<I>(p.bias.sc);
+  for (int k = 0; k < 4; ++k) {
+    const int64_t blk = static_cast<int64_t>(p.slot_block[k]) * p.C;
+    a.gx_blk[k] = static_cast<I>(blk * p.gates_x.sc);
+    a.gh_blk[k] = static_cast<I>(blk * p.gates_h.sc);
+    a.bias_blk[k] = static_cast<I>(blk * p.bias.sc);
+    a.pre_blk[k] = static_cast<I>(static_cast<int64_t>(k) * p.C * p.pre_act.sc);
+  }
+  a.forget_bias = static_cast<typename FwdArgs<G, S, I>::T>(p.forget_bias);
+  return a;
+}
+
+template <typename G, typename S, typename I>
+void launch_fwd_i(const ConvLSTMGatesForward& p, cudaStream_t stream) {
+  const FwdArgs<G, S, I> a = make_fwd_args<G, S, I>(p);
+  const unsigned int grid = grid_for(a.n);
+  if (p.act == GateAct::Sigmoid)
+    convlstm_gates_fwd_kernel<G, S, I, static_cast<int>(GateAct::Sigmoid)>
+        <<<grid, kThreads, 0, stream>>>(a);
+  else
+    convlstm_gates_fwd_kernel<G, S, I, static_cast<int>(GateAct::HardSigmoid)>
+        <<<grid, kThreads, 0, stream>>>(a);
+  check_launch("convlstm_gates_forward_cuda");
+}
+
+inline bool fwd_fits_i32(const ConvLSTMGatesForward& p) {
+  const int64_t B = p.B, C = p.C, S = p.S;
+  const double n4 = static_cast<double>(B) * 4.0 * static_cast<double>(C) * static_cast<double>(S);
+  if (n4 > kI32Max) return false;
+  const double r[] = {
+      reach(p.gates_x, B, 4 * C, S), reach(p.gates_h, B, 4 * C, S), reach(p.c, B, C, S),
+      reach(p.bias, 1, 4 * C, 1),    reach(p.peephole, 3, C, S),    reach(p.h_new, B, C, S),
+      reach(p.c_new, B, C, S),       reach(p.pre_act, B, 4 * C, S)};
+  for (double x : r)
+    if (x > kI32Max) return false;
+  return true;
+}
+
+template <typename G, typename S>
+void launch_fwd(const ConvLSTMGatesForward& p, cudaStream_t stream) {
+  if (fwd_fits_i32(p))
+    launch_fwd_i<G, S, int32_t>(p, stream);
+  else
+    launch_fwd_i<G, S, int64_t>(p, stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward.
+// ---------------------------------------------------------------------------------------------
+template <typename G, typename S, typename I>
+struct BwdArgs {
+  int64_t n = 0;
+  Layout<I> lay;
+  const G* gh = nullptr;   // grad_h (gate dtype, like h_new)
+  const S* gcn = nullptr;  // grad_c_new
+  const S* pre = nullptr;
+  const S* c = nullptr;
+  const S* peep = nullptr;
+  G* gg = nullptr;  // grad_gates
+  S* gc = nullptr;  // grad_c
+  Str<I> gh_s, gcn_s, pre_s, c_s, peep_s, gg_s, gc_s;
+  I pre_blk[4] = {0, 0, 0, 0};  // slot order
+  I gg_blk[4] = {0, 0, 0, 0};   // block holding slot k
+};
+
+template <typename G, typename S, typename I, int ACT>
+PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
+  using T = OpMath<G>;
+  I b, ch, s;
+  a.lay.decompose(idx, b, ch, s);
+
+  const I pro = a.pre_s.at(b, ch, s);
+  const T zi = load<T>(a.pre + pro + a.pre_blk[kI]);
+  const T zf = load<T>(a.pre + pro + a.pre_blk[kF]);
+  const T zg = load<T>(a.pre + pro + a.pre_blk[kG]);
+  const T zo = load<T>(a.pre + pro + a.pre_blk[kO]);
+  const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
+  const bool peep = a.peep != nullptr;
+  T wci = T(0), wcf = T(0), wco = T(0);
+  if (peep) {
+    const I po = a.peep_s.at(0, ch, s);
+    wci = load<T>(a.peep + po);
+    wcf = load<T>(a.peep + po + a.peep_s.sb);
+    wco = load<T>(a.peep + po + 2 * a.peep_s.sb);
+  }
+
+  const T i = act<T, ACT>(zi);
+  const T f = act<T, ACT>(zf);
+  const T g = op_tanh(zg);
+
+  // An absent gradient contributes nothing: its terms are skipped, not multiplied by zero, so a
+  // non-finite value on a path that received no gradient does not leak NaN (as eager autograd).
+  T dcn = a.gcn != nullptr ? load<T>(a.gcn + a.gcn_s.at(b, ch, s)) : T(0);
+  T dzo = T(0);
+  if (a.gh != nullptr) {
+    const T dh = load<T>(a.gh + a.gh_s.at(b, ch, s));
+    const T cn = f * cv + i * g;
+    const T tc = op_tanh(cn);
+    const T o = act<T, ACT>(zo);
+    dzo = dh * tc * dact<T, ACT>(zo, o);
+    dcn += dh * o * (T(1) - tc * tc);
+    if (peep) dcn += dzo * wco;
+  }
+  const T dzi = dcn * g * dact<T, ACT>(zi, i);
+  const T dzf = dcn * cv * dact<T, ACT>(zf, f);
+  const T dzg = dcn * i * (T(1) - g * g);
+  T dc = dcn * f;
+  if (peep) dc += dzi * wci + dzf * wcf;
+
+  const I ggo = a.gg_s.at(b, ch, s);
+  store(a.gg + ggo + a.gg_blk[kI], dzi);
+  store(a.gg + ggo + a.gg_blk[kF], dzf);
+  store(a.gg + ggo + a.gg_blk[kG], dzg);
+  store(a.gg + ggo + a.gg_blk[kO], dzo);
+  store(a.gc + a.gc_s.at(b, ch, s), dc);
+}
+
+template <typename G, typename S, typename I, int ACT>
+__global__ void __launch_bounds__(kThreads) convlstm_gates_bwd_kernel(const BwdArgs<G, S, I> a) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
+    bwd_element<G, S, I, ACT>(a, static_cast<I>(k));
+}
+
+template <typename G, typename S, typename I>
+BwdArgs<G, S, I> make_bwd_args(const ConvLSTMGatesBackward& p) {
+  BwdArgs<G, S, I> a;
+  a.n = p.B * p.C * p.S;
+  a.lay = make_layout<I>(p.C, p.S, p.grad_c);
+  a.gh = static_cast<const G*>(p.grad_h.ptr);
+  a.gcn = static_cast<const S*>(p.grad_c_new.ptr);
+  a.pre = static_cast<const S*>(p.pre_act.ptr);
+  a.c = static_cast<const S*>(p.c.ptr);
+  a.peep = static_cast<const S*>(p.peephole.ptr);
+  a.gg = static_cast<G*>(p.grad_gates.ptr);
+  a.gc = static_cast<S*>(p.grad_c.ptr);
+  a.gh_s = make_str<I>(p.grad_h);
+  a.gcn_s = make_str<I>(p.grad_c_new);
+  a.pre_s = make_str<I>(p.pre_act);
+  a.c_s = make_str<I>(p.c);
+  a.peep_s = make_str<I>(p.peephole);
+  a.gg_s = make_str<I>(p.grad_gates);
+  a.gc_s = make_str<I>(p.grad_c);
+  for (int k = 0; k < 4; ++k) {
+    a.pre_blk[k] = static_cast<I>(static_cast<int64_t>(k) * p.C * p.pre_act.sc);
+    a.gg_blk[k] = static_cast<I>(static_cast<int64_t>(p.slot_block[k]) * p.C * p.grad_gates.sc);
+  }
+  return a;
+}
+
+template <typename G, typename S, typename I>
+void launch_bwd_i(const ConvLSTMGatesBackward& p, cudaStream_t stream) {
+  const BwdArgs<G, S, I> a = make_bwd_args<G, S, I>(p);
+  const unsigned int grid = grid_for(a.n);
+  if (p.act == GateAct::Sigmoid)
+    convlstm_gates_bwd_kernel<G, S, I, static_cast<int>(GateAct::Sigmoid)>
+        <<<grid, kThreads, 0, stream>>>(a);
+  else
+    convlstm_gates_bwd_kernel<G, S, I, static_cast<int>(GateAct::HardSigmoid)>
+        <<<grid, kThreads, 0, stream>>>(a);
+  check_launch("convlstm_gates_backward_cuda");
+}
+
+inline bool bwd_fits_i32(const ConvLSTMGatesBackward& p) {
+  const int64_t B = p.B, C = p.C, S = p.S;
+  const double n4 = static_cast<double>(B) * 4.0 * static_cast<double>(C) * static_cast<double>(S);
+  if (n4 > kI32Max) return false;
+  const double r[] = {reach(p.grad_h, B, C, S),         reach(p.grad_c_new, B, C, S),
+                      reach(p.pre_act, B, 4 * C, S),    reach(p.c, B, C, S),
+                      reach(p.peephole, 3, C, S),       reach(p.grad_gates, B, 4 * C, S),
+                      reach(p.grad_c, B, C, S)};
+  for (double x : r)
+    if (x > kI32Max) return false;
+  return true;
+}
+
+template <typename G, typename S>
+void launch_bwd(const ConvLSTMGatesBackward& p, cudaStream_t stream) {
+  if (bwd_fits_i32(p))
+    launch_bwd_i<G, S, int32_t>(p, stream);
+  else
+    launch_bwd_i<G, S, int64_t>(p, stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// dtype dispatch.
+// ---------------------------------------------------------------------------------------------
+template <typename P, typename F>
+void dispatch_dtypes(const P& p, const char* who, F&& f) {
+  const DType g = p.gate_dtype, s = p.state_dtype;
+  if (g == DType::Float32 && s == DType::Float32)
+    f(float{}, float{});
+  else if (g == DType::Float64 && s == DType::Float64)
+    f(double{}, double{});
+  else if (g == DType::Float16 && s == DType::Float16)
+    f(__half{}, __half{});
+  else if (g == DType::BFloat16 && s == DType::BFloat16)
+    f(__nv_bfloat16{}, __nv_bfloat16{});
+  else if (g == DType::Float16 && s == DType::Float32)
+    f(__half{}, float{});
+  else if (g == DType::BFloat16 && s == DType::Float32)
+    f(__nv_bfloat16{}, float{});
+  else
+    throw std::runtime_error(std::string(who) + ": unsupported (gate dtype, state dtype) pair (" +
+                             std::to_string(static_cast<int>(g)) + ", " +
+                             std::to_string(static_cast<int>(s)) + ")");
+}
+
+inline bool empty_or_bad(int64_t B, int64_t C, int64_t S, const char* who) {
+  if (B < 0 || C < 0 || S < 0)
+    throw std::runtime_error(std::string(who) + ": negative size");
+  return B == 0 || C == 0 || S == 0;
+}
+
+}  // namespace convlstm_cuda
+
+void convlstm_gates_forward_cuda(const ConvLSTMGatesForward& p, void* stream) {
+  using namespace convlstm_cuda;
+  const char* who = "convlstm_gates_forward_cuda";
+  if (empty_or_bad(p.B, p.C, p.S, who)) return;
+  check_slots(p.slot_block, who);
+  if (p.gates_x.ptr == nullptr || p.c.ptr == nullptr || p.h_new.ptr == nullptr ||
+      p.c_new.ptr == nullptr)
+    throw std::runtime_error(std::string(who) + ": gates_x, c, h_new and c_new are required");
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  dispatch_dtypes(p, who, [&](auto g, auto s) {
+    launch_fwd<decltype(g), decltype(s)>(p, st);
+  });
+}
+
+void convlstm_gates_backward_cuda(const ConvLSTMGatesBackward& p, void* stream) {
+  using namespace convlstm_cuda;
+  const char* who = "convlstm_gates_backward_cuda";
+  if (empty_or_bad(p.B, p.C, p.S, who)) return;
+  check_slots(p.slot_block, who);
+  if (p.pre_act.ptr == nullptr || p.c.ptr == nullptr || p.grad_gates.ptr == nullptr ||
+      p.grad_c.ptr == nullptr)
+    throw std::runtime_error(std::string(who) +
+                             ": pre_act, c, grad_gates and grad_c are required");
+  const cudaStream_t st = static_cast<cudaStream_t>(stream);
+  dispatch_dtypes(p, who, [&](auto g, auto s) {
+    launch_bwd<decltype(g), decltype(s)>(p, st);
+  });
+}
+
+}  // namespace predkern

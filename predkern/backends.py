@@ -1,0 +1,125 @@
+"""Which backend runs an op: what is available here, the automatic choice, and the override.
+
+Backends: ``reference`` (pure PyTorch, always there), ``cpu`` and ``cuda`` (the compiled extension
+predkern._C), ``triton`` (Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1``).
+Automatic choice: CUDA tensors -> cuda, else triton; CPU tensors -> cpu. When the automatic
+choice is missing, predkern warns once and falls back to ``reference``. A requested backend (the
+``PREDKERN_BACKEND`` environment variable, read at import, or ``with predkern.backends.use(name)``)
+that cannot run raises instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def _extension_error() -> str | None:
+    try:
+        import predkern._C  # noqa: F401  (importing registers the torch.ops.predkern kernels)
+    except ImportError as e:
+        return f"the compiled extension predkern._C is not importable ({e})"
+    return None
+
+
+def _triton_error(device_type: str) -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+    if device_type not in ("cpu", "cuda"):
+        return f"triton does not run on {device_type} tensors"
+    return None
+
+
+def unavailable_reason(backend: str, device_type: str) -> str | None:
+    """None when `backend` can run tensors of `device_type` here, else why not."""
+    if backend == "reference":
+        return None
+    if backend in ("cpu", "cuda"):
+        if device_type != backend:
+            return f"the {backend} backend does not run {device_type} tensors"
+        error = _extension_error()
+        if error:
+            return error
+        if backend == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(
+                "predkern::convlstm_gates_forward", "CUDA"):
+            return "predkern._C was built without its CUDA kernels (no CUDA torch or nvcc at build time)"
+        return None
+    if backend == "triton":
+        return _triton_error(device_type)
+    return f"unknown backend {backend!r}; expected one of {BACKENDS}"
+
+
+def status() -> dict[str, str | None]:
+    """Each backend with None if it runs here (on the GPU if there is one, else the CPU), else why not."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    result = {}
+    for name in BACKENDS:
+        reason = unavailable_reason(name, device_type)
+        if name == "cpu" and device_type == "cuda":
+            reason = unavailable_reason("cpu", "cpu")
+        result[name] = reason
+    return result
+
+
+def available() -> list[str]:
+    """The backends that can run here."""
+    return [name for name, reason in status().items() if reason is None]
+
+
+def _validated(name: str | None, source: str) -> str | None:
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"predkern: {source} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+_env_backend = _validated(os.environ.get("PREDKERN_BACKEND") or None, "PREDKERN_BACKEND")
+_override: str | None = None
+_warned: set[tuple[str, str]] = set()
+
+
+@contextlib.contextmanager
+def use(name: str):
+    """Run the predkern ops inside the block on backend `name` (process-wide, nestable)."""
+    global _override
+    previous, _override = _override, _validated(name, "the backend passed to use()")
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def requested() -> str | None:
+    """The backend the user asked for, if any: use() beats PREDKERN_BACKEND."""
+    return _override or _env_backend
+
+
+@torch.compiler.assume_constant_result
+def select(device_type: str) -> str:
+    """The backend that runs an op on tensors of `device_type` (evaluated once per compiled graph)."""
+    wanted = requested()
+    if wanted is not None:
+        reason = unavailable_reason(wanted, device_type)
+        if reason is not None:
+            raise RuntimeError(f"predkern: backend {wanted!r} was requested but cannot run: {reason}")
+        return wanted
+    candidates = ("cuda", "triton") if device_type == "cuda" else (device_type,)
+    reasons = []
+    for name in candidates:
+        reason = unavailable_reason(name, device_type)
+        if reason is None:
+            return name
+        reasons.append(reason)
+    if (device_type, reasons[0]) not in _warned:
+        _warned.add((device_type, reasons[0]))
+        warnings.warn(f"predkern: no fused backend for {device_type} tensors ({'; '.join(reasons)}); "
+                      "falling back to the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+    return "reference"

@@ -1,0 +1,200 @@
+"""convlstm_gates: the ConvLSTM cell step after its convolutions (SPEC.md section 1).
+
+Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.convlstm_gates, C++
+autograd, see csrc/convlstm_gates.cpp) and triton (custom ops below, Python autograd).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+
+from predkern import backends, reference
+from predkern.ops import _checks
+
+OP = "convlstm_gates"
+
+
+def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
+                   bias: Optional[Tensor] = None, peephole: Optional[Tensor] = None, *,
+                   forget_bias: float = 0.0, gate_order: str = "ifgo",
+                   gate_act: str = "sigmoid") -> tuple[Tensor, Tensor]:
+    """One ConvLSTM cell step after its convolutions, fused: returns ``(h_new, c_new)``.
+
+    gates_x: (B, 4C, *spatial) gate pre-activations of the input conv; gates_h: the same from the
+    hidden conv (optional, added inside the kernel); c: (B, C, *spatial) cell state; bias: (4C,);
+    peephole: (3, C, *spatial) Hadamard peepholes W_ci, W_cf, W_co. ``gate_order`` is how the four
+    blocks are stacked (any permutation of "ifgo"); ``gate_act`` is "sigmoid" or Keras'
+    "hard_sigmoid" for i, f, o. Gradients flow to every tensor input.
+    """
+    _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
+    backend = backends.select(gates_x.device.type)
+    if backend == "reference":
+        return reference.convlstm_gates(gates_x, c, gates_h, bias, peephole, forget_bias=forget_bias,
+                                        gate_order=gate_order, gate_act=gate_act)
+    if backend == "triton":
+        save = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (gates_x, c, gates_h, bias, peephole))
+        h_new, c_new, _ = torch.ops.predkern.convlstm_gates_triton(
+            gates_x, c, gates_h, bias, peephole, float(forget_bias), gate_order, gate_act, save)
+        return h_new, c_new
+    return torch.ops.predkern.convlstm_gates(gates_x, c, gates_h, bias, peephole,
+                                             float(forget_bias), gate_order, gate_act)
+
+
+def _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act) -> None:
+    _checks.tensor(OP, "gates_x", gates_x)
+    if gates_x.dim() < 2:
+        raise ValueError(f"{OP}: `gates_x` must have shape (B, 4*C, *spatial), "
+                         f"got {gates_x.dim()} dims {list(gates_x.shape)}")
+    if gates_x.shape[1] % 4:
+        raise ValueError(f"{OP}: `gates_x`.size(1) must be a multiple of the 4 gates, got {gates_x.shape[1]}")
+    state_shape = (gates_x.shape[0], gates_x.shape[1] // 4, *gates_x.shape[2:])
+    _checks.tensor(OP, "c", c, gates_x)
+    _checks.shape(OP, "c", c, state_shape, "(B, C, *spatial) with C = gates_x.size(1) / 4")
+    _checks.state_dtype(OP, "c", c, gates_x)
+    if gates_h is not None:
+        _checks.tensor(OP, "gates_h", gates_h, gates_x)
+        _checks.shape(OP, "gates_h", gates_h, gates_x.shape, "gates_x.shape")
+        _checks.dtype(OP, "gates_h", gates_h, gates_x.dtype, "gates_x")
+    if bias is not None:
+        _checks.tensor(OP, "bias", bias, gates_x)
+        _checks.shape(OP, "bias", bias, (gates_x.shape[1],), "(4*C,)")
+        _checks.dtype(OP, "bias", bias, c.dtype, "c")
+    if peephole is not None:
+        _checks.tensor(OP, "peephole", peephole, gates_x)
+        _checks.shape(OP, "peephole", peephole, (3, *state_shape[1:]), "(3, C, *spatial)")
+        _checks.dtype(OP, "peephole", peephole, c.dtype, "c")
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+        raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(forget_bias).__name__}")
+    _checks.choice(OP, "gate_order", gate_order, reference.GATE_ORDERS,
+                   "a permutation of 'ifgo' (e.g. 'ifgo', 'ifog', 'igfo')")
+    _checks.choice(OP, "gate_act", gate_act, reference.GATE_ACTS, "'sigmoid' or 'hard_sigmoid'")
+
+
+def _slot_blocks(gate_order: str) -> tuple[int, int, int, int]:
+    """slot_block[k]: the block of gates_x that holds gate k of 'ifgo'."""
+    return tuple(gate_order.index(g) for g in "ifgo")
+
+
+def _empty(shape, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """An output that follows `like`'s memory format (as the C++ kernels allocate theirs)."""
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=suggest_memory_format(like))
+
+
+def _state_shape(gates: Tensor):
+    return (gates.shape[0], gates.shape[1] // 4, *gates.shape[2:])
+
+
+def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephole: Optional[Tensor],
+                 has_bias: bool, gate_order: str):
+    """Gradients of bias (summed over batch and space) and peephole (summed over batch)."""
+    grad_bias = grad_peephole = None
+    if has_bias:
+        grad_bias = grad_gates.sum([0, *range(2, grad_gates.dim())], dtype=c.dtype)
+    if peephole is not None:
+        dz = grad_gates.chunk(4, dim=1)
+        i, f, _, o = _slot_blocks(gate_order)
+        grad_peephole = torch.stack([(dz[i] * c).sum(0), (dz[f] * c).sum(0),
+                                     (dz[o] * c_new).sum(0)]).to(peephole.dtype)
+    return grad_bias, grad_peephole
+
+
+# Output shapes and layouts of the C++ ops, for torch.compile and opcheck.
+if backends._extension_error() is None:
+    @torch.library.register_fake("predkern::convlstm_gates")
+    def _(gates_x, c, gates_h=None, bias=None, peephole=None, forget_bias=0.0, gate_order="ifgo",
+          gate_act="sigmoid"):
+        shape = _state_shape(gates_x)
+        return _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
+
+    @torch.library.register_fake("predkern::convlstm_gates_forward")
+    def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act):
+        shape = _state_shape(gates_x)
+        return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
+                _empty(gates_x.shape, gates_x, c.dtype))
+
+    @torch.library.register_fake("predkern::convlstm_gates_backward")
+    def _(grad_h, grad_c_new, pre_act, c, peephole, gate_dtype, gate_order, gate_act):
+        return _empty(pre_act.shape, pre_act, gate_dtype), _empty(c.shape, pre_act, c.dtype)
+
+
+# ---- triton backend: custom ops around the kernels in predkern/triton/convlstm_gates.py ----
+
+def _as3(t: Optional[Tensor]) -> Optional[Tensor]:
+    """(B, k*C, *spatial) as (B, k*C, S): a view whenever the spatial dims flatten, else a copy."""
+    return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+@torch.library.custom_op("predkern::convlstm_gates_triton", mutates_args=())
+def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias: Optional[Tensor],
+                    peephole: Optional[Tensor], forget_bias: float, gate_order: str, gate_act: str,
+                    save_pre_act: bool) -> tuple[Tensor, Tensor, Tensor]:
+    from predkern.triton import convlstm_gates as kernels
+
+    shape = _state_shape(gates_x)
+    h_new, c_new = _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
+    # pre_act in the state dtype: under autocast the activations' arguments are rounded only once
+    pre_act = _empty(gates_x.shape if save_pre_act else (0,) * gates_x.dim(), gates_x, c.dtype)
+    if h_new.numel():
+        kernels.forward(_as3(gates_x), _as3(gates_h), _as3(c), bias, _as3(peephole), _as3(h_new),
+                        _as3(c_new), _as3(pre_act) if save_pre_act else None,
+                        slot_block=_slot_blocks(gate_order), forget_bias=forget_bias,
+                        hard_sigmoid=gate_act == "hard_sigmoid")
+    return h_new, c_new, pre_act
+
+
+@_triton_forward.register_fake
+def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_pre_act):
+    shape = _state_shape(gates_x)
+    pre_shape = gates_x.shape if save_pre_act else (0,) * gates_x.dim()
+    return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
+            _empty(pre_shape, gates_x, c.dtype))
+
+
+@torch.library.custom_op("predkern::convlstm_gates_triton_backward", mutates_args=())
+def _triton_backward(grad_h: Optional[Tensor], grad_c_new: Optional[Tensor], pre_act: Tensor, c: Tensor,
+                     peephole: Optional[Tensor], gate_dtype: torch.dtype, gate_order: str,
+                     gate_act: str) -> tuple[Tensor, Tensor]:
+    from predkern.triton import convlstm_gates as kernels
+
+    grad_gates = _empty(pre_act.shape, pre_act, gate_dtype)
+    grad_c = _empty(c.shape, pre_act, c.dtype)
+    if grad_c.numel():
+        kernels.backward(_as3(grad_h), _as3(grad_c_new), _as3(pre_act), _as3(c), _as3(peephole),
+                         _as3(grad_gates), _as3(grad_c), slot_block=_slot_blocks(gate_order),
+                         hard_sigmoid=gate_act == "hard_sigmoid")
+    return grad_gates, grad_c
+
+
+@_triton_backward.register_fake
+def _(grad_h, grad_c_new, pre_act, c, peephole, gate_dtype, gate_order, gate_act):
+    return _empty(pre_act.shape, pre_act, gate_dtype), _empty(c.shape, pre_act, c.dtype)
+
+
+def _triton_setup_context(ctx, inputs, output):
+    gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_pre_act = inputs
+    h_new, c_new, pre_act = output
+    if not save_pre_act:
+        raise RuntimeError(f"{OP}: the triton forward ran without saving for backward; "
+                           "call predkern.ops.convlstm_gates, which decides this")
+    ctx.save_for_backward(pre_act, c, peephole, c_new if peephole is not None else None)
+    ctx.gate_dtype, ctx.gate_order, ctx.gate_act = gates_x.dtype, gate_order, gate_act
+    ctx.has_gates_h, ctx.has_bias = gates_h is not None, bias is not None
+
+
+def _triton_grad(ctx, grad_h, grad_c_new, _grad_pre_act):
+    pre_act, c, peephole, c_new = ctx.saved_tensors
+    if grad_h is None and grad_c_new is None:
+        return (None,) * 9
+    grad_gates, grad_c = _triton_backward(grad_h, grad_c_new, pre_act, c, peephole, ctx.gate_dtype,
+                                          ctx.gate_order, ctx.gate_act)
+    grad_bias, grad_peephole = _param_grads(grad_gates, c, c_new, peephole, ctx.has_bias, ctx.gate_order)
+    return (grad_gates, grad_c, grad_gates if ctx.has_gates_h else None, grad_bias, grad_peephole,
+            None, None, None, None)
+
+
+_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)

@@ -1,0 +1,53 @@
+"""Builds predkern._C against the torch that is already installed.
+
+The CPU kernels always build. The CUDA kernels build where torch has CUDA and nvcc is found;
+PREDKERN_CUDA=0 skips them, PREDKERN_CUDA=1 forces them (e.g. on a build machine without a GPU).
+Install with `pip install --no-build-isolation .` so pip does not pull a second torch into an
+isolated build environment (pyproject.toml deliberately does not list torch as a build dependency).
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda(torch, cuda_home):
+    switch = os.environ.get("PREDKERN_CUDA", "auto").lower()
+    if switch in ("0", "false", "no", "off"):
+        return False
+    if switch in ("1", "true", "yes", "on"):
+        if torch.version.cuda is None or cuda_home is None:
+            raise RuntimeError("PREDKERN_CUDA=1 but torch has no CUDA or nvcc (CUDA_HOME) is missing")
+        return True
+    return torch.version.cuda is not None and cuda_home is not None
+
+
+def _extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
+    sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
+    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wno-psabi"]  # OpenMP: at::parallel_for is inline
+    args = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
+    if _want_cuda(torch, CUDA_HOME):
+        sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
+        nvcc = ["-O3", "-std=c++17", "-DPREDKERN_WITH_CUDA"]
+        return [CUDAExtension("predkern._C", sources, define_macros=[("PREDKERN_WITH_CUDA", None)],
+                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **args)]
+    return [CppExtension("predkern._C", sources, extra_compile_args={"cxx": cxx}, **args)]
+
+
+def _build_ext():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(no_python_abi_suffix=False)
+
+
+setup(
+    packages=find_packages(include=["predkern", "predkern.*"]),
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": _build_ext()},
+)

@@ -1,0 +1,52 @@
+import os
+
+import pytest
+import torch
+
+# Without a GPU, Triton kernels run on CPU tensors through its interpreter; the variable must be
+# set before triton is first imported (predkern imports it lazily).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from predkern import backends  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip_gpu)
+
+
+def backend_device(backend: str) -> str:
+    return "cuda" if backend == "cuda" or (backend == "triton" and HAS_GPU) else "cpu"
+
+
+def backend_params():
+    """Every backend, marked gpu where it needs one; missing ones skip with the reason."""
+    params = []
+    for name in backends.BACKENDS:
+        device = backend_device(name)
+        marks = [pytest.mark.gpu] if device == "cuda" else []
+        if name == "triton" and device == "cpu":
+            marks.append(pytest.mark.interpreter)
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.fixture(params=backend_params())
+def backend(request):
+    name = request.param
+    reason = backends.unavailable_reason(name, backend_device(name))
+    if reason is not None:
+        if os.environ.get("CI") == "true" and name in ("reference", "cpu", "triton") and not HAS_GPU:
+            pytest.fail(f"backend {name} must run in CI but is unavailable: {reason}")
+        pytest.skip(reason)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,91 @@
+"""Backend discovery, the automatic choice, overrides, fallback warning and errors."""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import predkern
+from predkern import backends
+
+
+def test_available_lists_reference_and_built_backends():
+    names = backends.available()
+    assert "reference" in names
+    if backends._extension_error() is None:
+        assert "cpu" in names
+    for name, reason in backends.status().items():
+        assert (reason is None) == (name in names)
+        assert reason is None or isinstance(reason, str) and reason
+
+
+def test_automatic_choice_for_cpu_tensors_is_cpu():
+    if backends._extension_error() is not None:
+        pytest.skip("no compiled extension")
+    assert backends.select("cpu") == "cpu"
+
+
+def test_use_overrides_and_nests():
+    with backends.use("reference"):
+        assert backends.select("cpu") == "reference"
+        with backends.use("cpu" if backends._extension_error() is None else "reference"):
+            assert backends.requested() in ("cpu", "reference")
+        assert backends.requested() == "reference"
+    assert backends.requested() == backends._env_backend
+
+
+def test_unknown_backend_name_raises():
+    with pytest.raises(ValueError, match="one of"):
+        with backends.use("tpu"):
+            pass
+
+
+def test_requested_backend_that_cannot_run_raises():
+    x = torch.randn(1, 8, 3)
+    with backends.use("cuda"):
+        with pytest.raises(RuntimeError, match="'cuda' was requested"):
+            predkern.convlstm_gates(x, torch.randn(1, 2, 3))
+
+
+def test_automatic_fallback_warns_once(monkeypatch):
+    monkeypatch.setattr(backends, "_extension_error", lambda: "simulated: no extension")
+    monkeypatch.setattr(backends, "_warned", set())
+    x, c = torch.randn(1, 8, 3), torch.randn(1, 2, 3)
+    with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch reference"):
+        h, _ = predkern.convlstm_gates(x, c)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predkern.convlstm_gates(x, c)  # no second warning
+    torch.testing.assert_close(h, predkern.reference.convlstm_gates(x, c)[0])
+
+
+def _run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_environment_variable_selects_backend():
+    out = _run_python("from predkern import backends; print(backends.select('cpu'))",
+                      PREDKERN_BACKEND="reference")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "reference"
+    bad = _run_python("import predkern", PREDKERN_BACKEND="nonsense")
+    assert bad.returncode != 0 and "PREDKERN_BACKEND" in bad.stderr
+
+
+def test_package_works_without_triton_and_extension():
+    """Simulate a bare machine: neither triton nor predkern._C importable."""
+    code = ("import sys; sys.modules['triton'] = None; sys.modules['predkern._C'] = None\n"
+            "import warnings, torch, predkern\n"
+            "from predkern import backends\n"
+            "assert backends.available() == ['reference'], backends.status()\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    h, c = predkern.convlstm_gates(torch.randn(2, 8, 3), torch.randn(2, 2, 3))\n"
+            "assert any('falling back' in str(x.message) for x in w)\n"
+            "print('ok', h.shape)")
+    out = _run_python(code, PREDKERN_BACKEND="")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")

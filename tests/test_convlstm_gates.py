@@ -1,0 +1,249 @@
+"""convlstm_gates on every backend against the float64 reference (SPEC.md sections 1 and 5)."""
+import itertools
+
+import pytest
+import torch
+
+import predkern
+from predkern import backends, reference
+from conftest import backend_device
+
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def run(backend, *args, **kwargs):
+    with backends.use(backend):
+        return predkern.convlstm_gates(*args, **kwargs)
+
+
+def make_inputs(B=2, C=3, spatial=(5, 7), *, gates_h=True, bias=True, peephole=True,
+                dtype=torch.float64, state_dtype=None, device="cpu", layout="contiguous"):
+    """Random inputs; `layout` is contiguous, channels_last, or strided (views cut from wider
+    tensors: a channel slice, every other spatial column, and a batch-expanded c)."""
+    state_dtype = state_dtype or dtype
+    shape_g, shape_c = (B, 4 * C, *spatial), (B, C, *spatial)
+
+    def rand(shape, dt, scale=1.5):
+        if layout == "strided" and len(shape) >= 3:
+            wide = list(shape)
+            wide[1] += 3
+            wide[-1] = 2 * shape[-1] + 1
+            t = torch.randn(wide, dtype=torch.float64) * scale
+            t = t.narrow(1, 2, shape[1])[..., 1::2]
+        else:
+            t = torch.randn(shape, dtype=torch.float64) * scale
+        t = t.to(device=device, dtype=dt)
+        if layout == "channels_last" and t.dim() in (4, 5):
+            t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
+        return t
+
+    x = {"gates_x": rand(shape_g, dtype), "c": rand(shape_c, state_dtype)}
+    if layout == "strided":  # one c for the whole batch, as an expanded (stride 0) view
+        x["c"] = rand((1, C, *spatial), state_dtype).expand(shape_c)
+    x["gates_h"] = rand(shape_g, dtype) if gates_h else None
+    x["bias"] = (torch.randn(4 * C, dtype=torch.float64) * 0.5).to(device, state_dtype) if bias else None
+    x["peephole"] = rand((3, C, *spatial), state_dtype, 0.5) if peephole else None
+    return x
+
+
+TENSOR_ARGS = ("gates_x", "c", "gates_h", "bias", "peephole")
+
+
+def outputs_and_grads(fn, x, opts, grads=("h", "c")):
+    """Forward outputs and the gradients of every tensor input for random output grads
+    (None for an output not in `grads`). Leaves keep the inputs' strides (detach is a view)."""
+    leaves = {k: (v.detach().requires_grad_(True) if v is not None else None) for k, v in x.items()}
+    h, c_new = fn(**leaves, **opts)
+    gen = torch.Generator().manual_seed(1)
+    g_h = torch.randn(h.shape, generator=gen, dtype=torch.float64).to(h) if "h" in grads else None
+    g_c = torch.randn(c_new.shape, generator=gen, dtype=torch.float64).to(c_new) if "c" in grads else None
+    outs = [t for t, g in ((h, g_h), (c_new, g_c)) if g is not None]
+    names = [k for k in TENSOR_ARGS if leaves[k] is not None]
+    dx = torch.autograd.grad(outs, [leaves[k] for k in names], [g for g in (g_h, g_c) if g is not None])
+    return {"h": h, "c_new": c_new, **{"d_" + n: d for n, d in zip(names, dx)}}
+
+
+def assert_close_to_ref(got, ref, rel=1e-5):
+    """float32 max abs error <= rel x the output's scale (SPEC.md section 5)."""
+    for k, r in ref.items():
+        g = got[k]
+        assert g.shape == r.shape, k
+        if not r.numel():
+            continue
+        scale = max(1.0, r.abs().max().item())
+        err = (g.detach().double().cpu() - r).abs().max().item()
+        assert err <= rel * scale, f"{k}: max abs error {err:.3g} > {rel} x scale {scale:.3g}"
+
+
+def float64_copy(x):
+    return {k: (v.detach().cpu().double() if v is not None else None) for k, v in x.items()}
+
+
+def run_with_grads(backend, x, opts, grads=("h", "c")):
+    with backends.use(backend):
+        return outputs_and_grads(predkern.convlstm_gates, x, opts, grads)
+
+
+def check_against_reference(backend, opts, grads=("h", "c"), **make):
+    """The backend in float32 against the float64 reference on the very same input values."""
+    x = make_inputs(dtype=torch.float32, device=backend_device(backend), **make)
+    ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), opts, grads)
+    got = run_with_grads(backend, x, opts, grads)
+    assert_close_to_ref(got, ref)
+    return got
+
+
+# ---------------------------------------------------------------- parity with the reference
+
+@pytest.mark.parametrize("spatial", [(5, 7), (), (11,), (2, 3, 5)], ids=["2d", "nospatial", "1d", "3d"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_matches_reference_layouts(backend, spatial, layout):
+    got = check_against_reference(backend, {"forget_bias": 1.0}, spatial=spatial, layout=layout)
+    if layout == "channels_last" and len(spatial) == 2:
+        assert got["h"].is_contiguous(memory_format=torch.channels_last), "outputs follow gates_x's format"
+
+
+@pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("optional", ["none", "gates_h", "bias", "peephole", "all"])
+def test_matches_reference_options(backend, gate_act, optional):
+    flags = {k: optional in (k, "all") for k in ("gates_h", "bias", "peephole")}
+    check_against_reference(backend, {"gate_act": gate_act, "gate_order": "ifog", "forget_bias": 0.5},
+                            C=5, spatial=(3, 4), **flags)
+
+
+def test_all_gate_orders(backend):
+    orders = reference.GATE_ORDERS if backend != "triton" else ("ifgo", "igfo", "ogfi", "fiog")
+    for order in orders:
+        check_against_reference(backend, {"gate_order": order}, C=2, spatial=(3,))
+
+
+@pytest.mark.parametrize("grads", [("h",), ("c",)], ids=["grad_h_only", "grad_c_only"])
+def test_gradient_of_one_output(backend, grads):
+    check_against_reference(backend, {}, grads=grads)
+
+
+def test_empty(backend):
+    device = backend_device(backend)
+    for B, S in ((0, (4, 4)), (2, (0, 3))):
+        x = make_inputs(B=B, spatial=S, device=device, dtype=torch.float32)
+        h, c_new = run(backend, **x)
+        assert h.shape == c_new.shape == (B, 3, *S)
+
+
+def test_nan_inf_propagate_as_reference(backend):
+    device = backend_device(backend)
+    x = make_inputs(C=2, spatial=(4,), gates_h=False, bias=False, peephole=False, dtype=torch.float32,
+                    device=device)
+    x["gates_x"][0, :, 0] = float("nan")
+    x["gates_x"][1, :, 1] = float("inf")
+    x["gates_x"][1, :, 2] = -float("inf")
+    for act in ("sigmoid", "hard_sigmoid"):
+        ref = reference.convlstm_gates(**x, gate_act=act)
+        got = run(backend, **x, gate_act=act)
+        for r, g in zip(ref, got):
+            torch.testing.assert_close(g, r, equal_nan=True)
+
+
+# ---------------------------------------------------------------- gradcheck in float64
+
+@pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])
+def test_gradcheck(backend, gate_act):
+    device = backend_device(backend)
+    x = make_inputs(B=2, C=2, spatial=(3, 2), device=device)
+    names = [k for k in TENSOR_ARGS if x[k] is not None]
+    inputs = [x[k].requires_grad_(True) for k in names]
+
+    def fn(*ts):
+        with backends.use(backend):
+            return predkern.convlstm_gates(**dict(zip(names, ts)), forget_bias=0.3, gate_order="ogif",
+                                           gate_act=gate_act)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- half precision (SPEC 5 rule)
+
+@pytest.mark.parametrize("dtype,state", [(torch.float16, None), (torch.bfloat16, None),
+                                         (torch.float16, torch.float32), (torch.bfloat16, torch.float32)],
+                         ids=["fp16", "bf16", "fp16_fp32state", "bf16_fp32state"])
+def test_half_precision_no_worse_than_eager(backend, dtype, state):
+    device = backend_device(backend)
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bfloat16")
+    x = make_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device)
+    ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), {"forget_bias": 1.0})
+    eager = outputs_and_grads(reference.convlstm_gates, x, {"forget_bias": 1.0})
+    got = run_with_grads(backend, x, {"forget_bias": 1.0})
+    for k, r in ref.items():
+        assert got[k].dtype == eager[k].dtype, k
+        err_got = (got[k].double().cpu() - r).abs()
+        err_eager = (eager[k].double().cpu() - r).abs()
+        # atol: one rounding in the gates' dtype (the inputs' precision) at the output's scale
+        atol = torch.finfo(dtype).eps * max(1.0, r.abs().max().item())
+        bad = err_got > 2 * err_eager + atol
+        assert not bad.any(), (f"{k}: {bad.sum().item()} elements worse than 2x eager + {atol:.2g}; "
+                               f"worst {err_got.max().item():.3g} vs eager {err_eager.max().item():.3g}")
+
+
+# ---------------------------------------------------------------- bad input
+
+def _bad_cases():
+    C = 3
+    ok = dict(gates_x=torch.randn(2, 4 * C, 4, 4), c=torch.randn(2, C, 4, 4))
+    yield "gates_x", dict(ok, gates_x=torch.randn(2, 4 * C + 1, 4, 4)), ValueError, "multiple of"
+    yield "gates_x", dict(ok, gates_x=torch.randn(12)), ValueError, "dims"
+    yield "gates_x", dict(ok, gates_x=torch.ones(2, 4 * C, 4, 4, dtype=torch.int32)), TypeError, "floating"
+    yield "gates_x", dict(ok, gates_x=[1.0]), TypeError, "torch.Tensor"
+    yield "c", dict(ok, c=torch.randn(2, C, 4, 5)), ValueError, "shape"
+    yield "c", dict(ok, c=torch.randn(2, C, 1, 1)), ValueError, "shape"  # no silent broadcast
+    yield "c", dict(ok, c=torch.randn(2, C, 4, 4, dtype=torch.float64)), ValueError, "dtype"
+    yield "c", dict(ok, c=torch.randn(2, C, 4, 4, device="meta")), ValueError, "device"
+    yield "gates_h", dict(ok, gates_h=torch.randn(2, 4 * C, 4)), ValueError, "shape"
+    yield "gates_h", dict(ok, gates_h=torch.randn(2, 4 * C, 4, 4, dtype=torch.float16)), ValueError, "dtype"
+    yield "bias", dict(ok, bias=torch.randn(C)), ValueError, "shape"
+    yield "bias", dict(ok, bias=torch.randn(4 * C, dtype=torch.float64)), ValueError, "dtype"
+    yield "peephole", dict(ok, peephole=torch.randn(3, C, 1, 1)), ValueError, "shape"
+    yield "gate_order", dict(ok, gate_order="ifgx"), ValueError, "permutation"
+    yield "gate_order", dict(ok, gate_order="iifo"), ValueError, "permutation"
+    yield "gate_act", dict(ok, gate_act="relu"), ValueError, "sigmoid"
+    yield "forget_bias", dict(ok, forget_bias="1"), TypeError, "float"
+    yield "gates_x", dict(ok, gates_x=torch.randn(2, 4 * C, 4, 4).to_sparse()), ValueError, "strided"
+
+
+@pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
+def test_bad_input_raises_naming_the_argument(backend, case):
+    name, kwargs, exc, words = case
+    device = backend_device(backend)
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v)
+              for k, v in kwargs.items()}
+    before = {k: v.clone() for k, v in kwargs.items() if isinstance(v, torch.Tensor) and v.layout == torch.strided
+              and v.device.type != "meta"}
+    with pytest.raises(exc) as info:
+        run(backend, **kwargs)
+    message = str(info.value)
+    assert f"`{name}`" in message and words in message, message
+    for k, v in before.items():
+        assert torch.equal(kwargs[k], v), f"{k} was modified"
+
+
+def test_inputs_are_not_modified_and_outputs_do_not_alias(backend):
+    x = make_inputs(device=backend_device(backend), dtype=torch.float32)
+    before = {k: v.clone() for k, v in x.items() if v is not None}
+    h, c_new = run(backend, **x)
+    for k, v in before.items():
+        assert torch.equal(x[k], v), k
+    ptrs = {v.untyped_storage().data_ptr() for v in x.values() if v is not None}
+    assert h.untyped_storage().data_ptr() not in ptrs and c_new.untyped_storage().data_ptr() not in ptrs
+
+
+# ---------------------------------------------------------------- direct torch.ops calls (C++)
+
+def test_direct_op_call_checks_shapes():
+    if backends.unavailable_reason("cpu", "cpu"):
+        pytest.skip("no compiled extension")
+    with pytest.raises(ValueError, match="`c`"):
+        torch.ops.predkern.convlstm_gates(torch.randn(2, 8, 3), torch.randn(2, 2, 4))
+    with pytest.raises(ValueError, match="`grad_h`"):
+        torch.ops.predkern.convlstm_gates_backward(torch.randn(2, 2, 5), None, torch.randn(2, 8, 3),
+                                                   torch.randn(2, 2, 3), None, torch.float32, "ifgo",
+                                                   "sigmoid")
