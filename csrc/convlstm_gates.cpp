@@ -108,8 +108,19 @@ int64_t spatial_numel(const Tensor& t) {
   return s;
 }
 
-// (B, k*C, *spatial) as (B, k*C, S): a view whenever the spatial dims flatten, else a copy.
+// (B, k*C, *spatial) seen as (B, k*C, S). When the spatial dims flatten to one stride (dense,
+// channels_last, channel or batch slices) the strides are read off without making a view; else
+// `keep` holds a reshaped copy.
 View3 view3(const Tensor& t, int64_t S, Tensor& keep) {
+  int64_t ss = 1, next = -1;  // next: the stride the next outer spatial dim must have
+  bool flat = true;
+  for (int64_t d = t.dim() - 1; d >= 2 && flat; --d) {
+    if (t.size(d) == 1) continue;
+    flat = next < 0 || t.stride(d) == next;
+    if (next < 0) ss = t.stride(d);
+    next = t.stride(d) * t.size(d);
+  }
+  if (flat) return {t.data_ptr(), t.stride(0), t.stride(1), ss};
   keep = t.reshape({t.size(0), t.size(1), S});
   return {keep.data_ptr(), keep.stride(0), keep.stride(1), keep.stride(2)};
 }

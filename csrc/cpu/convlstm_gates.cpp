@@ -66,10 +66,26 @@ inline void store(const Run<S>& r, int64_t j, int64_t n, const Vectorized<T>& v)
   for (int64_t k = 0; k < n; ++k) r.p[(j + k) * r.inc] = static_cast<S>(buf[k]);
 }
 
+// ATen's polynomial exp (<= 20 ulp, saturates to 0 / inf): ~2x faster than Sleef's. It loses
+// NaN, which is put back so that NaN propagates as in eager PyTorch.
+template <typename T>
+inline Vectorized<T> exp(const Vectorized<T>& x) {
+  return Vectorized<T>::blendv(x.exp_u20(), x, x != x);
+}
+
 template <typename T>
 inline Vectorized<T> sigmoid(const Vectorized<T>& x) {
   const Vectorized<T> one(T(1));
-  return one / (one + x.neg().exp());
+  return one / (one + exp(x.neg()));
+}
+
+// tanh(x) = 2 sigmoid(2x) - 1: one exp and one division, ~3x faster than Sleef's tanh here, with
+// an absolute error of a few ulp of 1 (SPEC.md bounds the error relative to the output's scale).
+// +-inf give +-1 and NaN stays NaN.
+template <typename T>
+inline Vectorized<T> tanh(const Vectorized<T>& x) {
+  const Vectorized<T> one(T(1)), two(T(2));
+  return two / (one + exp(x * Vectorized<T>(T(-2)))) - one;
 }
 
 // clamp(0.2 x + 0.5, 0, 1) with blends, so NaN passes through as in torch.clamp.
@@ -156,10 +172,10 @@ void forward_typed(const ConvLSTMGatesForward& p) {
           z[kF] = z[kF] + load<T>(w[1], j, n) * cv;
         }
         z[kF] = z[kF] + forget_bias;
-        const auto i = act(z[kI], hard), f = act(z[kF], hard), g = z[kG].tanh();
+        const auto i = act(z[kI], hard), f = act(z[kF], hard), g = tanh(z[kG]);
         const auto cn = f * cv + i * g;
         if (has_peep) z[kO] = z[kO] + load<T>(w[2], j, n) * cn;
-        const auto h = act(z[kO], hard) * cn.tanh();
+        const auto h = act(z[kO], hard) * tanh(cn);
         store(h_out, j, n, h);
         store(c_out, j, n, cn);
         if (save)
@@ -202,9 +218,9 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
         const auto zi = load<T>(pre[kI], j, n), zf = load<T>(pre[kF], j, n);
         const auto zg = load<T>(pre[kG], j, n), zo = load<T>(pre[kO], j, n);
         const auto cv = load<T>(c, j, n);
-        const auto i = act(zi, hard), f = act(zf, hard), g = zg.tanh(), o_ = act(zo, hard);
+        const auto i = act(zi, hard), f = act(zf, hard), g = tanh(zg), o_ = act(zo, hard);
         const auto cn = f * cv + i * g;
-        const auto tc = cn.tanh();
+        const auto tc = tanh(cn);
         const auto dh = has_dh ? load<T>(dh_in, j, n) : zero;
         auto dcn = has_dcn ? load<T>(dcn_in, j, n) : zero;
         const auto dzo = dh * tc * act_grad(zo, o_, hard);

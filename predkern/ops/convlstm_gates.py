@@ -30,8 +30,13 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     blocks are stacked (any permutation of "ifgo"); ``gate_act`` is "sigmoid" or Keras'
     "hard_sigmoid" for i, f, o. Gradients flow to every tensor input.
     """
-    _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
+    _check_types(gates_x, c, gates_h, bias, peephole)
     backend = backends.select(gates_x.device.type)
+    if backend in ("cpu", "cuda"):
+        # the C++ op checks the rest itself, with the same messages (per-call cost matters here)
+        return torch.ops.predkern.convlstm_gates(gates_x, c, gates_h, bias, peephole,
+                                                 _float(forget_bias), gate_order, gate_act)
+    _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
     if backend == "reference":
         return reference.convlstm_gates(gates_x, c, gates_h, bias, peephole, forget_bias=forget_bias,
                                         gate_order=gate_order, gate_act=gate_act)
@@ -41,8 +46,26 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
         h_new, c_new, _ = torch.ops.predkern.convlstm_gates_triton(
             gates_x, c, gates_h, bias, peephole, float(forget_bias), gate_order, gate_act, save)
         return h_new, c_new
-    return torch.ops.predkern.convlstm_gates(gates_x, c, gates_h, bias, peephole,
-                                             float(forget_bias), gate_order, gate_act)
+    raise AssertionError(f"unknown backend {backend}")
+
+
+def _float(forget_bias) -> float:
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+        raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(forget_bias).__name__}")
+    return float(forget_bias)
+
+
+def _check_types(*tensors) -> None:
+    """What the dispatcher must not see: non-tensors, sparse tensors, mixed devices (a meta
+    tensor among CPU ones would otherwise reach the shape-only fake kernel)."""
+    gates_x = tensors[0]
+    for name, t in zip(TENSOR_ARGS, tensors):
+        if t is not None and (not isinstance(t, Tensor) or t.layout != torch.strided
+                              or t.device != gates_x.device):
+            _checks.tensor(OP, name, t, gates_x if isinstance(gates_x, Tensor) else None)
+
+
+TENSOR_ARGS = ("gates_x", "c", "gates_h", "bias", "peephole")
 
 
 def _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act) -> None:
@@ -68,8 +91,7 @@ def _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_ac
         _checks.tensor(OP, "peephole", peephole, gates_x)
         _checks.shape(OP, "peephole", peephole, (3, *state_shape[1:]), "(3, C, *spatial)")
         _checks.dtype(OP, "peephole", peephole, c.dtype, "c")
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
-        raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(forget_bias).__name__}")
+    _float(forget_bias)
     _checks.choice(OP, "gate_order", gate_order, reference.GATE_ORDERS,
                    "a permutation of 'ifgo' (e.g. 'ifgo', 'ifog', 'igfo')")
     _checks.choice(OP, "gate_act", gate_act, reference.GATE_ACTS, "'sigmoid' or 'hard_sigmoid'")

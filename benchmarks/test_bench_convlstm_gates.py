@@ -1,0 +1,36 @@
+"""pytest-benchmark suite over the very cases `predkern bench` runs (predkern/bench/cases.py).
+
+    pytest benchmarks/ --benchmark-only --benchmark-group-by=param:case,param:mode
+Shapes: PREDKERN_BENCH_SHAPES (comma-separated, default: tiny,mnist,large).
+"""
+import os
+
+import pytest
+import torch
+
+from predkern.bench import cases, runner
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = os.environ.get("PREDKERN_BENCH_SHAPES", ",".join(cases.FULL_SHAPES)).split(",")
+CASES = cases.cases(SHAPES, ["convlstm_gates"])
+
+
+@pytest.mark.parametrize("contender", cases.contenders(torch.device(DEVICE).type))
+@pytest.mark.parametrize("mode", cases.MODES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_convlstm_gates(benchmark, case, mode, contender):
+    device = torch.device(DEVICE)
+    gen = torch.Generator().manual_seed(0)
+    sets = [case.make_inputs(device, torch.float32, mode != "forward", gen) for _ in range(3)]
+    fn = cases.callable_for(case, contender)
+    grads = runner._output_grads(case, sets[0], fn, gen) if mode != "forward" else None
+    err = runner.max_error(case, fn, mode, sets[0], grads)
+    assert err <= runner.TOLERANCE, f"{contender} is wrong: {err:.3g}"
+    calls = iter(range(10**9))
+
+    def step():
+        runner._step(case, fn, mode, sets[next(calls) % len(sets)], grads)
+        runner._sync(device)
+
+    benchmark.extra_info.update(device=DEVICE, torch=torch.__version__, max_rel_error=err)
+    benchmark.pedantic(step, warmup_rounds=3, rounds=30 if case.shape_name != "tiny" else 300)

@@ -1,0 +1,1 @@
+"""The benchmark harness behind `predkern bench` (cases.py is shared with benchmarks/)."""

@@ -1,0 +1,218 @@
+"""Runs the cases and writes REPORT.md, results.json and PNG plots; compares two results.json."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+import predkern
+from predkern import backends
+from predkern.bench import cases as case_defs
+from predkern.bench import runner
+
+
+def environment(device) -> dict:
+    device = torch.device(device)
+    info = dict(predkern=predkern.__version__, torch=torch.__version__, python=platform.python_version(),
+                cuda=torch.version.cuda, triton=None, threads=torch.get_num_threads(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), platform=platform.platform(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except Exception:
+        pass
+    if device.type == "cuda":
+        info["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        info["device_name"] = _cpu_name()
+    info["device"] = device.type
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.tty = total, 0, sys.stderr.isatty()
+
+    def step(self, label: str):
+        self.done += 1
+        bar = "#" * (20 * self.done // self.total)
+        line = f"[{bar:<20}] {self.done}/{self.total} {label}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line + ("\n" if self.done == self.total else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0) -> dict:
+    device = torch.device(device)
+    selected = case_defs.cases(shapes, op_names)
+    names = case_defs.contenders(device.type, backend_names)
+    jobs = [(c, m, n) for c in selected for m in case_defs.MODES for n in names]
+    progress = Progress(len(jobs))
+    results = []
+    for case, mode, name in jobs:
+        progress.step(f"{case.name} {mode} {name}")
+        results.append(runner.run(case, name, mode, device, budget_s=budget_s))
+    clone = {c.name: runner.clone_median_s(c.min_bytes, device) for c in selected}
+    for r in results:
+        if r["status"] == "ok" and r["mode"] == "forward":
+            case = next(c for c in selected if c.name == r["case"])
+            r["gbps"] = case.min_bytes / r["median_s"] / 1e9
+            r["clone_gbps"] = case.min_bytes / clone[r["case"]] / 1e9
+    return {"environment": environment(device), "backends": backends.status(), "results": results}
+
+
+def _fmt_time(s):
+    return f"{s * 1e3:.3f} ms" if s >= 1e-3 else f"{s * 1e6:.1f} us"
+
+
+def _fmt_bytes(n):
+    return "" if n is None else f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _ratio(a, b):
+    return f"{b / a:.2f}x" if a and b else ""
+
+
+def markdown(data: dict) -> str:
+    env = data["environment"]
+    lines = ["# predkern benchmark report", "",
+             f"Device: **{env['device_name']}** ({env['device']}). predkern {env['predkern']}, torch {env['torch']}, "
+             f"triton {env['triton'] or 'absent'}, CUDA {env['cuda'] or 'none'}, python {env['python']}, "
+             f"{env['threads']} threads, CPU capability {env['cpu_capability']}. {env['date']}.", "",
+             "Median of many timed calls after warm-up, inputs rotated over 3 random sets; each result was "
+             "checked against the float64 reference first (max error over the output's scale; a wrong "
+             "result is reported, not timed). *vs eager* / *vs compile* are speedups (>1 is faster). "
+             "GB/s counts the fewest bytes a fused forward must move, against a `clone()` of as many bytes.",
+             ""]
+    rows = data["results"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["case"] == case):
+            group = [r for r in rows if r["case"] == case and r["mode"] == mode]
+            dims = ", ".join(f"{k}={v}" for k, v in group[0]["dims"].items())
+            lines += [f"## {case} ({dims}): {mode}", "",
+                      "| contender | median | vs eager | vs compile | GB/s (of clone) | saved for backward "
+                      "| launches | max error | status |",
+                      "|---|---|---|---|---|---|---|---|---|"]
+            base = {r["contender"]: r.get("median_s") for r in group}
+            for r in group:
+                med = r.get("median_s")
+                gb = f"{r['gbps']:.1f} ({100 * r['gbps'] / r['clone_gbps']:.0f}%)" if "gbps" in r else ""
+                status = r["status"] if r["status"] == "ok" else f"**{r['status'].upper()}**: {r.get('error', '')}"
+                if "compile_s" in r:
+                    status += f" (compiled in {r['compile_s']:.1f} s)"
+                err = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else ""
+                lines.append(f"| {r['contender']} | {_fmt_time(med) if med else ''} | "
+                             f"{_ratio(med, base.get('eager'))} | {_ratio(med, base.get('compile'))} | {gb} | "
+                             f"{_fmt_bytes(r.get('saved_bytes'))} | {r.get('launches') or ''} | {err} | {status} |")
+            lines.append("")
+    missing = {k: v for k, v in data["backends"].items() if v}
+    if missing:
+        lines += ["Backends not run here:", ""] + [f"- {k}: {v}" for k, v in missing.items()] + [""]
+    return "\n".join(lines)
+
+
+def plots(data: dict, out_dir: str) -> list[str]:
+    """speedup.png (vs eager, per case and mode) and time_vs_size.png; needs matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    ok = [r for r in data["results"] if r["status"] == "ok"]
+    written = []
+    labels = list(dict.fromkeys(f"{r['case']}\n{r['mode']}" for r in ok))
+    contenders = [c for c in dict.fromkeys(r["contender"] for r in ok) if c != "eager"]
+    eager = {f"{r['case']}\n{r['mode']}": r["median_s"] for r in ok if r["contender"] == "eager"}
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
+    width = 0.8 / max(1, len(contenders))
+    for j, name in enumerate(contenders):
+        by = {f"{r['case']}\n{r['mode']}": r["median_s"] for r in ok if r["contender"] == name}
+        xs = [i + j * width for i, lab in enumerate(labels) if lab in by and lab in eager]
+        ys = [eager[lab] / by[lab] for lab in labels if lab in by and lab in eager]
+        ax.bar(xs, ys, width, label=name)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks([i + width * (len(contenders) - 1) / 2 for i in range(len(labels))], labels, fontsize=7)
+    ax.set_ylabel("speedup over eager PyTorch")
+    ax.set_title(f"predkern on {data['environment']['device_name']}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "speedup.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, style in zip(("forward", "forward+backward"), ("-", "--")):
+        for name in dict.fromkeys(r["contender"] for r in ok):
+            pts = sorted((_numel(r["dims"]), r["median_s"]) for r in ok
+                         if r["contender"] == name and r["mode"] == mode and r["op"] == "convlstm_gates")
+            if len(pts) > 1:
+                ax.loglog(*zip(*pts), style, marker="o", label=f"{name} {mode}")
+    if ax.lines:
+        ax.set_xlabel("hidden elements B*C*H*W")
+        ax.set_ylabel("median time per call (s)")
+        ax.set_title("convlstm_gates: time against problem size", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = os.path.join(out_dir, "time_vs_size.png")
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _numel(dims):
+    n = 1
+    for v in dims.values():
+        n *= v
+    return n
+
+
+def write(data: dict, out_dir: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "REPORT.md")]
+    with open(paths[0], "w") as f:
+        json.dump(data, f, indent=1)
+    with open(paths[1], "w") as f:
+        f.write(markdown(data))
+    return paths + plots(data, out_dir)
+
+
+def compare(path_a: str, path_b: str) -> str:
+    """A table of median times of run A against run B for every (case, mode, contender) in both."""
+    with open(path_a) as f:
+        a = json.load(f)
+    with open(path_b) as f:
+        b = json.load(f)
+    key = lambda r: (r["case"], r["mode"], r["contender"])  # noqa: E731
+    bm = {key(r): r for r in b["results"] if r["status"] == "ok"}
+    lines = [f"A: {path_a} ({a['environment']['device_name']}, {a['environment']['date']})",
+             f"B: {path_b} ({b['environment']['device_name']}, {b['environment']['date']})", "",
+             "| case | mode | contender | A | B | B vs A |", "|---|---|---|---|---|---|"]
+    for r in a["results"]:
+        other = bm.get(key(r))
+        if r["status"] == "ok" and other:
+            lines.append(f"| {r['case']} | {r['mode']} | {r['contender']} | {_fmt_time(r['median_s'])} | "
+                         f"{_fmt_time(other['median_s'])} | {r['median_s'] / other['median_s']:.2f}x |")
+    return "\n".join(lines)

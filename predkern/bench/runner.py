@@ -1,0 +1,144 @@
+"""Times one (case, mode, contender) after checking its result against the float64 reference."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from predkern.bench.cases import Case, callable_for
+
+TOLERANCE = 1e-5  # float32 max abs error relative to the output's scale (SPEC.md section 5)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _flat_outputs(out):
+    return [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if torch.is_tensor(t)]
+
+
+def _leaves(inputs):
+    return [t for t in inputs.values() if torch.is_tensor(t) and t.requires_grad]
+
+
+def _output_grads(case, inputs, fn, generator):
+    with torch.no_grad():
+        outs = _flat_outputs(case.outputs(fn(**inputs)))
+    return [torch.randn(o.shape, generator=generator).to(o) for o in outs]
+
+
+def _step(case, fn, mode, inputs, grads):
+    """One call as a user makes it: inference under no_grad, or forward then backward."""
+    if mode == "forward":
+        with torch.no_grad():
+            return fn(**inputs)
+    outs = _flat_outputs(case.outputs(fn(**inputs)))
+    return torch.autograd.grad(outs, _leaves(inputs), grads)
+
+
+def max_error(case, fn, mode, inputs, grads) -> float:
+    """Max abs error of outputs (and input grads) against the float64 reference, over its scale."""
+    got = _flat_outputs(case.outputs(fn(**inputs)))
+    if mode == "forward+backward":
+        got += list(torch.autograd.grad(got, _leaves(inputs), grads))
+    ref_inputs = {k: (v.detach().double().cpu().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v)
+                  for k, v in inputs.items()}
+    ref = _flat_outputs(case.outputs(case.eager(**ref_inputs)))
+    if mode == "forward+backward":
+        ref += list(torch.autograd.grad(ref, _leaves(ref_inputs), [g.double().cpu() for g in grads]))
+    worst = 0.0
+    for g, r in zip(got, ref):
+        if r.numel():
+            scale = max(1.0, r.abs().max().item())
+            worst = max(worst, (g.detach().double().cpu() - r).abs().max().item() / scale)
+    return worst
+
+
+def saved_bytes(case, fn, inputs) -> int:
+    """Bytes autograd keeps for backward (distinct storages), as saved_tensors_hooks see them."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(**inputs)
+    return sum(storages.values())
+
+
+def kernel_launches(case, fn, mode, inputs, grads, device) -> int | None:
+    """Device kernels per call (GPU only), counted by the profiler."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    _step(case, fn, mode, inputs, grads)
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _step(case, fn, mode, inputs, grads)
+        _sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def clone_median_s(nbytes: int, device, repeats: int = 50) -> float:
+    """Median time of clone() moving `nbytes` (reading nbytes/2, writing nbytes/2)."""
+    src = [torch.randn(max(1, nbytes // 8), device=device) for _ in range(3)]
+    for t in src:
+        t.clone()
+    times = []
+    for i in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        src[i % 3].clone()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(case: Case, contender: str, mode: str, device, *, budget_s: float = 1.0, min_repeats: int = 10,
+        max_repeats: int = 500, warmup: int = 3, rotate: int = 3, seed: int = 0) -> dict:
+    """Check, then time: `warmup` calls, then as many timed calls as fit in `budget_s` (within
+    [min_repeats, max_repeats]); the median is reported. Rotating `rotate` input sets keeps big
+    inputs out of cache, as in training."""
+    device = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    requires_grad = mode == "forward+backward"
+    sets = [case.make_inputs(device, torch.float32, requires_grad, gen) for _ in range(rotate)]
+    fn = callable_for(case, contender)
+    row = dict(case=case.name, op=case.op, shape=case.shape_name, dims=case.dims, mode=mode,
+               contender=contender, device=str(device))
+    try:
+        grads = _output_grads(case, sets[0], fn, gen) if requires_grad else None
+        t0 = time.perf_counter()
+        err = max_error(case, fn, mode, sets[0], grads)
+        if contender == "compile":
+            row["compile_s"] = time.perf_counter() - t0  # first call: tracing and compiling
+    except Exception as e:  # a contender that crashes is reported, not timed
+        return dict(row, status="error", error=f"{type(e).__name__}: {e}")
+    row["max_rel_error"] = err
+    if not err <= TOLERANCE:
+        return dict(row, status="wrong", error=f"max error {err:.3g} x scale > {TOLERANCE}")
+    for i in range(warmup):
+        _sync(device)
+        t0 = time.perf_counter()
+        _step(case, fn, mode, sets[i % rotate], grads)
+        _sync(device)
+        per_call = time.perf_counter() - t0
+    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(per_call, 1e-9))))
+    samples = []
+    for i in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        _step(case, fn, mode, sets[i % rotate], grads)
+        _sync(device)
+        samples.append(time.perf_counter() - t0)
+    row.update(status="ok", samples_s=samples, median_s=statistics.median(samples))
+    if requires_grad:
+        row["saved_bytes"] = saved_bytes(case, fn, sets[0])
+    row["launches"] = kernel_launches(case, fn, mode, sets[0], grads, device)
+    return row

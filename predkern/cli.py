@@ -1,0 +1,59 @@
+"""`predkern bench` (the benchmark report) and `predkern info` (backends and why any is missing)."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def _info(_args) -> int:
+    import predkern
+    from predkern import backends
+
+    print(f"predkern {predkern.__version__}, torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda or 'none'} ({'GPU present' if torch.cuda.is_available() else 'no GPU'}), "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    for name, reason in backends.status().items():
+        print(f"  {name:<10} {'available' if reason is None else 'missing: ' + reason}")
+    return 0
+
+
+def _bench(args) -> int:
+    from predkern.bench import cases, report
+
+    if args.compare:
+        print(report.compare(*args.compare))
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = args.shapes.split(",") if args.shapes else (cases.FULL_SHAPES if args.full else cases.DEFAULT_SHAPES)
+    data = report.run_all(device, shapes, op_names=args.ops.split(",") if args.ops else None,
+                          backend_names=args.backends.split(",") if args.backends else None,
+                          budget_s=args.budget)
+    paths = report.write(data, args.out)
+    print(report.markdown(data))
+    print("wrote " + ", ".join(paths))
+    failed = [r for r in data["results"] if r["status"] != "ok"]
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="predkern")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="time eager, torch.compile and the predkern backends; write a report")
+    bench.add_argument("--device", help="cpu or cuda (default: cuda if present)")
+    bench.add_argument("--full", action="store_true", help="the paper configs instead of the small default")
+    bench.add_argument("--shapes", help="comma-separated shape names (tiny, small, mnist, large)")
+    bench.add_argument("--ops", help="comma-separated op names (default: all)")
+    bench.add_argument("--backends", help="comma-separated predkern backends to time (default: all present)")
+    bench.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per contender")
+    bench.add_argument("--out", default="bench-report", help="output folder (default: bench-report)")
+    bench.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results.json and exit")
+    bench.set_defaults(func=_bench)
+    info = sub.add_parser("info", help="the backends available here, and why any is missing")
+    info.set_defaults(func=_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Triton kernels, one module per op; imported lazily by predkern.ops (Triton may be absent)."""

@@ -1,0 +1,364 @@
+"""Triton kernels for ``convlstm_gates`` (SPEC.md section 1): one launch forward, one backward.
+
+The Triton twin of ``csrc/convlstm_gates.h``: every tensor is a 3-D strided view (B, k*C, S) read in
+place through its own strides (0 for expanded views, 1 on channels for channels_last, anything for
+slices); nothing is copied. ``slot_block[k]`` is the block of ``gates_x`` that holds gate slot k
+(0=i, 1=f, 2=g, 3=o); ``pre_act`` is stored in slot order, ``grad_gates`` in ``gates_x``'s block
+order.
+
+The launchers do no argument checking and no autograd: the caller (``predkern.ops.convlstm_gates``)
+validates, allocates the outputs and wraps autograd. Math runs in float32 (float64 when the inputs
+are float64) and is rounded once on store. ``pre_act`` may be allocated in the gate or the state
+dtype; the kernels convert on store and load.
+
+Work is cut into (batch, channel tile, space tile) programs on a 1-D grid. The tile is wide along
+whichever dim is contiguous in the main gate tensor (space for NCHW, channels for channels_last), so
+both layouts read coalesced. A plain LSTM (S == 1) is folded as batch -> space so its tiles span
+(channels x batch) instead of one row per program.
+"""
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["forward", "backward"]
+
+_TILE = 1024          # elements per program
+_MAX_CH_BLOCK = 256   # widest channel tile in the channels-contiguous layout
+_NUM_WARPS = 4
+_INT32_MAX = 2**31 - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Element-wise helpers (all in the compute dtype of their argument)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _tanh(x):
+    # tanh(|x|) = (1 - e) / (1 + e), e = exp(-2|x|): never overflows; exp(-inf) = 0 gives +-1 for
+    # +-inf, NaN stays NaN. For small |x|, where 1 - e cancels, the odd Taylor series to x^9 keeps
+    # full relative precision: below 0.03 in float64 and 0.2 in float32 the dropped x^11 term is
+    # under 1e-17 and 1e-9 relative, and above them the cancellation costs under ~20 and ~2 ulp.
+    ax = tl.abs(x)
+    e = tl.exp(-2.0 * ax)
+    t = (1.0 - e) / (1.0 + e)
+    x2 = x * x
+    p = x + x * x2 * (-0.3333333333333333333 + x2 * (0.1333333333333333333
+                                                     + x2 * (-0.05396825396825396825
+                                                             + x2 * 0.02186948853615520282)))
+    t = tl.where(x < 0.0, -t, t)
+    if x.dtype == tl.float64:
+        y = tl.where(ax < 0.03, p, t)
+    else:
+        y = tl.where(ax < 0.2, p, t)
+    return y
+
+
+@triton.jit
+def _act(x, HARD: tl.constexpr):
+    if HARD:
+        # Keras hard sigmoid clamp(0.2 x + 0.5, 0, 1), written with comparisons so NaN propagates.
+        t = 0.2 * x + 0.5
+        y = tl.where(t < 0.0, 0.0, tl.where(t > 1.0, 1.0, t))
+    else:
+        y = 1.0 / (1.0 + tl.exp(-x))
+    return y
+
+
+@triton.jit
+def _act_bwd(grad, z, a, HARD: tl.constexpr):
+    # grad * d act(z)/dz given a = act(z), associated as torch's autograd does. Sigmoid:
+    # grad * (1 - a) * a. Hard sigmoid: 0.2 * grad where 0 <= 0.2 z + 0.5 <= 1 (inclusive, as
+    # torch.clamp's backward), else exactly 0, also for NaN z and for an infinite grad (a select,
+    # not a product with a 0/1 mask, which would turn inf into NaN).
+    if HARD:
+        t = 0.2 * z + 0.5
+        d = tl.where((t >= 0.0) & (t <= 1.0), grad * 0.2, 0.0)
+    else:
+        d = grad * (1.0 - a) * a
+    return d
+
+
+@triton.jit
+def _tile(C, S, n_ct, n_st, LARGE: tl.constexpr, CH_FAST: tl.constexpr,
+          BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Batch index, channel indices (BLOCK_C, 1), space indices (1, BLOCK_S), C and mask."""
+    pid = tl.program_id(0)
+    if CH_FAST:  # neighbouring programs walk the contiguous dim
+        pid_c = pid % n_ct
+        rest = pid // n_ct
+        pid_s = rest % n_st
+        b = rest // n_st
+    else:
+        pid_s = pid % n_st
+        rest = pid // n_st
+        pid_c = rest % n_ct
+        b = rest // n_ct
+    ch = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
+    s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
+    mask = (ch < C) & (s < S)
+    if LARGE:
+        b = b.to(tl.int64)
+        ch = ch.to(tl.int64)
+        s = s.to(tl.int64)
+        C = tl.cast(C, tl.int64)  # so k * C + ch and everything it scales is 64-bit
+    return b, ch, s, C, mask
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _convlstm_gates_fwd_kernel(
+    gx_ptr, gh_ptr, c_ptr, bias_ptr, peep_ptr, h_ptr, cn_ptr, pre_ptr,
+    C, S, n_ct, n_st,
+    gx_sb, gx_sc, gx_ss,
+    gh_sb, gh_sc, gh_ss,
+    c_sb, c_sc, c_ss,
+    bias_sc,
+    p_sb, p_sc, p_ss,
+    h_sb, h_sc, h_ss,
+    cn_sb, cn_sc, cn_ss,
+    pre_sb, pre_sc, pre_ss,
+    blk_i, blk_f, blk_g, blk_o,
+    forget_bias: tl.float64,
+    HAS_GH: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PEEP: tl.constexpr, HAS_PRE: tl.constexpr,
+    HARD: tl.constexpr, CH_FAST: tl.constexpr, LARGE: tl.constexpr, CDT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b, ch, s, C, mask = _tile(C, S, n_ct, n_st, LARGE, CH_FAST, BLOCK_C, BLOCK_S)
+
+    # Gate pre-activations z_k = gates_x + gates_h + bias, slot k read from block blk_k.
+    gx_base = gx_ptr + b * gx_sb + s * gx_ss
+    zi = tl.load(gx_base + (blk_i * C + ch) * gx_sc, mask=mask, other=0.0).to(CDT)
+    zf = tl.load(gx_base + (blk_f * C + ch) * gx_sc, mask=mask, other=0.0).to(CDT)
+    zg = tl.load(gx_base + (blk_g * C + ch) * gx_sc, mask=mask, other=0.0).to(CDT)
+    zo = tl.load(gx_base + (blk_o * C + ch) * gx_sc, mask=mask, other=0.0).to(CDT)
+    if HAS_GH:
+        gh_base = gh_ptr + b * gh_sb + s * gh_ss
+        zi += tl.load(gh_base + (blk_i * C + ch) * gh_sc, mask=mask, other=0.0).to(CDT)
+        zf += tl.load(gh_base + (blk_f * C + ch) * gh_sc, mask=mask, other=0.0).to(CDT)
+        zg += tl.load(gh_base + (blk_g * C + ch) * gh_sc, mask=mask, other=0.0).to(CDT)
+        zo += tl.load(gh_base + (blk_o * C + ch) * gh_sc, mask=mask, other=0.0).to(CDT)
+    if HAS_BIAS:
+        cmask = ch < C
+        zi += tl.load(bias_ptr + (blk_i * C + ch) * bias_sc, mask=cmask, other=0.0).to(CDT)
+        zf += tl.load(bias_ptr + (blk_f * C + ch) * bias_sc, mask=cmask, other=0.0).to(CDT)
+        zg += tl.load(bias_ptr + (blk_g * C + ch) * bias_sc, mask=cmask, other=0.0).to(CDT)
+        zo += tl.load(bias_ptr + (blk_o * C + ch) * bias_sc, mask=cmask, other=0.0).to(CDT)
+
+    c = tl.load(c_ptr + b * c_sb + ch * c_sc + s * c_ss, mask=mask, other=0.0).to(CDT)
+    if HAS_PEEP:
+        p_off = ch * p_sc + s * p_ss
+        w_ci = tl.load(peep_ptr + p_off, mask=mask, other=0.0).to(CDT)
+        w_cf = tl.load(peep_ptr + (p_off + p_sb), mask=mask, other=0.0).to(CDT)
+        w_co = tl.load(peep_ptr + (p_off + p_sb + p_sb), mask=mask, other=0.0).to(CDT)
+        zi += w_ci * c
+        zf += w_cf * c
+    # forget_bias is an fp64 scalar when compiled (a Python float under the interpreter): round it
+    # once to the compute dtype, as eager PyTorch does with a Python scalar.
+    zf += (forget_bias + tl.zeros([1, 1], CDT)).to(CDT)
+
+    i = _act(zi, HARD)
+    f = _act(zf, HARD)
+    g = _tanh(zg)
+    cn = f * c + i * g
+    if HAS_PEEP:
+        zo += w_co * cn
+    o = _act(zo, HARD)
+    h = o * _tanh(cn)
+
+    tl.store(h_ptr + b * h_sb + ch * h_sc + s * h_ss, h.to(h_ptr.dtype.element_ty), mask=mask)
+    tl.store(cn_ptr + b * cn_sb + ch * cn_sc + s * cn_ss, cn.to(cn_ptr.dtype.element_ty), mask=mask)
+    if HAS_PRE:  # slot order: block k holds slot k
+        pre = pre_ptr + b * pre_sb + s * pre_ss
+        pre_ty = pre_ptr.dtype.element_ty
+        tl.store(pre + ch * pre_sc, zi.to(pre_ty), mask=mask)
+        tl.store(pre + (C + ch) * pre_sc, zf.to(pre_ty), mask=mask)
+        tl.store(pre + (2 * C + ch) * pre_sc, zg.to(pre_ty), mask=mask)
+        tl.store(pre + (3 * C + ch) * pre_sc, zo.to(pre_ty), mask=mask)
+
+
+@triton.jit
+def _convlstm_gates_bwd_kernel(
+    dh_ptr, dcn_ptr, pre_ptr, c_ptr, peep_ptr, dg_ptr, dc_ptr,
+    C, S, n_ct, n_st,
+    dh_sb, dh_sc, dh_ss,
+    dcn_sb, dcn_sc, dcn_ss,
+    pre_sb, pre_sc, pre_ss,
+    c_sb, c_sc, c_ss,
+    p_sb, p_sc, p_ss,
+    dg_sb, dg_sc, dg_ss,
+    dc_sb, dc_sc, dc_ss,
+    blk_i, blk_f, blk_g, blk_o,
+    HAS_DH: tl.constexpr, HAS_DCN: tl.constexpr, HAS_PEEP: tl.constexpr,
+    HARD: tl.constexpr, CH_FAST: tl.constexpr, LARGE: tl.constexpr, CDT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    b, ch, s, C, mask = _tile(C, S, n_ct, n_st, LARGE, CH_FAST, BLOCK_C, BLOCK_S)
+
+    pre = pre_ptr + b * pre_sb + s * pre_ss
+    zi = tl.load(pre + ch * pre_sc, mask=mask, other=0.0).to(CDT)
+    zf = tl.load(pre + (C + ch) * pre_sc, mask=mask, other=0.0).to(CDT)
+    zg = tl.load(pre + (2 * C + ch) * pre_sc, mask=mask, other=0.0).to(CDT)
+    zo = tl.load(pre + (3 * C + ch) * pre_sc, mask=mask, other=0.0).to(CDT)
+    c = tl.load(c_ptr + b * c_sb + ch * c_sc + s * c_ss, mask=mask, other=0.0).to(CDT)
+
+    i = _act(zi, HARD)
+    f = _act(zf, HARD)
+    g = _tanh(zg)
+    cn = f * c + i * g
+
+    if HAS_DCN:
+        dcn = tl.load(dcn_ptr + b * dcn_sb + ch * dcn_sc + s * dcn_ss, mask=mask, other=0.0).to(CDT)
+    else:
+        dcn = tl.zeros([BLOCK_C, BLOCK_S], CDT)
+    if HAS_DH:
+        dh = tl.load(dh_ptr + b * dh_sb + ch * dh_sc + s * dh_ss, mask=mask, other=0.0).to(CDT)
+        o = _act(zo, HARD)
+        tc = _tanh(cn)
+        dzo = _act_bwd(dh * tc, zo, o, HARD)
+        dcn += dh * o * (1.0 - tc * tc)
+    else:
+        dzo = tl.zeros([BLOCK_C, BLOCK_S], CDT)
+    if HAS_PEEP:
+        p_off = ch * p_sc + s * p_ss
+        w_ci = tl.load(peep_ptr + p_off, mask=mask, other=0.0).to(CDT)
+        w_cf = tl.load(peep_ptr + (p_off + p_sb), mask=mask, other=0.0).to(CDT)
+        w_co = tl.load(peep_ptr + (p_off + p_sb + p_sb), mask=mask, other=0.0).to(CDT)
+        dcn += dzo * w_co
+
+    dzi = _act_bwd(dcn * g, zi, i, HARD)
+    dzf = _act_bwd(dcn * c, zf, f, HARD)
+    dzg = dcn * i * (1.0 - g * g)
+    dc = dcn * f
+    if HAS_PEEP:
+        dc += dzi * w_ci + dzf * w_cf
+
+    dg = dg_ptr + b * dg_sb + s * dg_ss
+    dg_ty = dg_ptr.dtype.element_ty
+    tl.store(dg + (blk_i * C + ch) * dg_sc, dzi.to(dg_ty), mask=mask)
+    tl.store(dg + (blk_f * C + ch) * dg_sc, dzf.to(dg_ty), mask=mask)
+    tl.store(dg + (blk_g * C + ch) * dg_sc, dzg.to(dg_ty), mask=mask)
+    tl.store(dg + (blk_o * C + ch) * dg_sc, dzo.to(dg_ty), mask=mask)
+    tl.store(dc_ptr + b * dc_sb + ch * dc_sc + s * dc_ss, dc.to(dc_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host launchers
+# ----------------------------------------------------------------------------------------------
+def _next_pow2(n):
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def _extent(t):
+    """One past the largest element offset a 3-D strided view reaches (0 when absent)."""
+    if t is None:
+        return 0
+    (n0, n1, n2), (s0, s1, s2) = t.shape, t.stride()
+    return 1 + (n0 - 1) * s0 + (n1 - 1) * s1 + (n2 - 1) * s2
+
+
+def _geometry(B, C, S, lead, tensors, bias=None):
+    """Launch geometry shared by forward and backward.
+
+    ``lead`` is the main gate tensor (chooses the contiguous dim); ``tensors`` are all the 3-D
+    views (None allowed); ``bias`` the (4C,) vector or None. Returns (S', fold, ch_fast, large,
+    BLOCK_C, BLOCK_S, n_ct, n_st, grid). With S == 1 and B > 1 the batch is folded into space:
+    B' = 1, S' = B and every batched view's space stride becomes its batch stride. ``large``
+    switches the kernels to 64-bit offsets when any view reaches past 2**31 - 1 elements.
+    """
+    fold = S == 1 and B > 1
+    if fold:
+        S = B
+        sc, ss = lead.stride(1), lead.stride(0)
+    else:
+        sc, ss = lead.stride(1), lead.stride(2)
+    ch_fast = S == 1 or (sc == 1 and ss != 1)
+    if ch_fast:
+        block_c = min(_next_pow2(C), _MAX_CH_BLOCK)
+        block_s = max(1, min(_next_pow2(S), _TILE // block_c))
+    else:
+        block_s = min(_next_pow2(S), _TILE)
+        block_c = max(1, min(_next_pow2(C), _TILE // block_s))
+    n_ct = -(-C // block_c)  # triton.cdiv costs ~2 us per call on the host
+    n_st = -(-S // block_s)
+    nb = 1 if fold else B
+    largest = max(S + _TILE, 4 * C + _TILE, nb * n_ct * n_st, *[_extent(t) for t in tensors])
+    if bias is not None:
+        largest = max(largest, 1 + (bias.shape[0] - 1) * bias.stride(0))
+    large = largest > _INT32_MAX
+    return S, fold, ch_fast, large, block_c, block_s, n_ct, n_st, (nb * n_ct * n_st,)
+
+
+def _s3(t, fold):
+    """(batch, channel, space) strides of a batched view, batch folded into space when ``fold``."""
+    if t is None:
+        return 0, 0, 0
+    sb, sc, ss = t.stride()
+    return (0, sc, sb) if fold else (sb, sc, ss)
+
+
+def _peep3(p, fold):
+    """(slot, channel, space) strides of the (3, C, S) peephole; folded space is batch: stride 0."""
+    if p is None:
+        return 0, 0, 0
+    sb, sc, ss = p.stride()
+    return (sb, sc, 0) if fold else (sb, sc, ss)
+
+
+def _compute_dtype(state):
+    return tl.float64 if state.dtype == torch.float64 else tl.float32
+
+
+def forward(gates_x, gates_h, c, bias, peephole, h_new, c_new, pre_act, *,
+            slot_block, forget_bias, hard_sigmoid) -> None:
+    """h_new, c_new (and pre_act in slot order when given) from the gate pre-activations.
+
+    gates_x, gates_h, pre_act: (B, 4C, S); c, h_new, c_new: (B, C, S); peephole (3, C, S);
+    bias (4C,).
+    gates_h, bias, peephole, pre_act may be None. Outputs are written in place; no checks are made.
+    """
+    B, C4, S = gates_x.shape
+    C = C4 // 4
+    if B * C * S == 0:
+        return
+    S2, fold, ch_fast, large, block_c, block_s, n_ct, n_st, grid = _geometry(
+        B, C, S, gates_x, (gates_x, gates_h, c, h_new, c_new, pre_act, peephole), bias)
+    _convlstm_gates_fwd_kernel[grid](
+        gates_x, gates_x if gates_h is None else gates_h, c,
+        gates_x if bias is None else bias, c if peephole is None else peephole,
+        h_new, c_new, h_new if pre_act is None else pre_act,
+        C, S2, n_ct, n_st,
+        *_s3(gates_x, fold), *_s3(gates_h, fold), *_s3(c, fold),
+        0 if bias is None else bias.stride(0),
+        *_peep3(peephole, fold), *_s3(h_new, fold), *_s3(c_new, fold), *_s3(pre_act, fold),
+        *slot_block, float(forget_bias),
+        HAS_GH=gates_h is not None, HAS_BIAS=bias is not None, HAS_PEEP=peephole is not None,
+        HAS_PRE=pre_act is not None, HARD=bool(hard_sigmoid), CH_FAST=ch_fast, LARGE=large,
+        CDT=_compute_dtype(c), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+    )
+
+
+def backward(grad_h, grad_c_new, pre_act, c, peephole, grad_gates, grad_c, *,
+             slot_block, hard_sigmoid) -> None:
+    """grad_gates (gates_x's block order) and grad_c from the saved slot-order pre-activations.
+
+    grad_h, grad_c_new, c, grad_c: (B, C, S); pre_act, grad_gates: (B, 4C, S); peephole (3, C, S).
+    grad_h, grad_c_new (treated as zero) and peephole may be None. No checks are made.
+    """
+    B, C4, S = pre_act.shape
+    C = C4 // 4
+    if B * C * S == 0:
+        return
+    S2, fold, ch_fast, large, block_c, block_s, n_ct, n_st, grid = _geometry(
+        B, C, S, pre_act, (pre_act, grad_gates, c, grad_c, grad_h, grad_c_new, peephole))
+    _convlstm_gates_bwd_kernel[grid](
+        grad_c if grad_h is None else grad_h, grad_c if grad_c_new is None else grad_c_new,
+        pre_act, c, c if peephole is None else peephole, grad_gates, grad_c,
+        C, S2, n_ct, n_st,
+        *_s3(grad_h, fold), *_s3(grad_c_new, fold), *_s3(pre_act, fold), *_s3(c, fold),
+        *_peep3(peephole, fold), *_s3(grad_gates, fold), *_s3(grad_c, fold),
+        *slot_block,
+        HAS_DH=grad_h is not None, HAS_DCN=grad_c_new is not None, HAS_PEEP=peephole is not None,
+        HARD=bool(hard_sigmoid), CH_FAST=ch_fast, LARGE=large,
+        CDT=_compute_dtype(c), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+    )

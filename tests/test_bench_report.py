@@ -1,0 +1,33 @@
+"""The report generator on a tiny config: its outputs parse, and a wrong backend is caught."""
+import dataclasses
+import json
+import os
+
+from predkern.bench import cases, report, runner
+
+
+def test_report_on_tiny_config(tmp_path):
+    data = report.run_all("cpu", ["tiny"], budget_s=0.02)
+    paths = report.write(data, str(tmp_path))
+    with open(tmp_path / "results.json") as f:
+        loaded = json.load(f)
+    rows = loaded["results"]
+    assert {r["contender"] for r in rows} >= {"eager", "compile"}
+    assert {r["mode"] for r in rows} == set(cases.MODES)
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert len(r["samples_s"]) >= 10 and r["median_s"] > 0
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "convlstm_gates[tiny]" in md and "vs compile" in md and loaded["environment"]["torch"] in md
+    assert all(os.path.exists(p) for p in paths)
+    compared = report.compare(str(tmp_path / "results.json"), str(tmp_path / "results.json"))
+    assert "1.00x" in compared
+
+
+def test_wrong_result_is_reported_not_timed():
+    case = cases.cases(["tiny"])[0]
+    broken = dataclasses.replace(case, fused=lambda **kw: tuple(t + 1e-3 for t in case.fused(**kw)))
+    row = runner.run(broken, "predkern-cpu", "forward", "cpu", budget_s=0.01)
+    assert row["status"] == "wrong" and "samples_s" not in row
+    assert "WRONG" in report.markdown({"environment": report.environment("cpu"), "backends": {},
+                                       "results": [row]})
