@@ -144,6 +144,23 @@ def test_nan_inf_propagate_as_reference(backend):
             torch.testing.assert_close(g, r, equal_nan=True)
 
 
+def test_infinite_grad_outside_hard_sigmoid_range_gives_zero(backend):
+    """torch.clamp's backward selects: an infinite upstream grad where the clamp is saturated
+    gives 0 in gates_x's grad, not NaN (inf * 0)."""
+    device = backend_device(backend)
+    gx = torch.zeros(1, 4, 3, device=device)
+    gx[0, 3, :] = torch.tensor([10.0, -10.0, 0.0])  # o saturated at 1, at 0, then in range
+    c = torch.ones(1, 1, 3, device=device)
+    grad_h = torch.tensor([[[float("inf"), float("inf"), 1.0]]], device=device)
+    grads = []
+    for fn in (reference.convlstm_gates, lambda *a, **k: run(backend, *a, **k)):
+        x = gx.clone().requires_grad_(True)
+        h, _ = fn(x, c, gate_act="hard_sigmoid")
+        grads.append(torch.autograd.grad(h, x, grad_h)[0])
+    torch.testing.assert_close(grads[1], grads[0], equal_nan=True)
+    assert grads[1][0, 3, 0] == 0 and grads[1][0, 3, 1] == 0
+
+
 # ---------------------------------------------------------------- gradcheck in float64
 
 @pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])

@@ -102,14 +102,16 @@ inline Vectorized<T> act(const Vectorized<T>& x, bool hard) {
   return hard ? hard_sigmoid(x) : sigmoid(x);
 }
 
-// d act / dx from the argument x and the activation y; torch.clamp passes the gradient on the
-// closed interval, so hard_sigmoid's is 0.2 where 0 <= 0.2 x + 0.5 <= 1.
+// grad * d act / dx, given x and y = act(x). torch.clamp passes the gradient on the closed
+// interval, so hard_sigmoid's is 0.2 grad where 0 <= 0.2 x + 0.5 <= 1, selected (not multiplied
+// by a 0/1 mask) so that an infinite grad outside the interval gives 0 as in eager, not NaN.
 template <typename T>
-inline Vectorized<T> act_grad(const Vectorized<T>& x, const Vectorized<T>& y, bool hard) {
+inline Vectorized<T> act_backward(const Vectorized<T>& grad, const Vectorized<T>& x,
+                                  const Vectorized<T>& y, bool hard) {
   const Vectorized<T> zero(T(0)), one(T(1));
-  if (!hard) return y * (one - y);
+  if (!hard) return grad * (one - y) * y;
   const auto t = x * Vectorized<T>(T(0.2)) + Vectorized<T>(T(0.5));
-  return Vectorized<T>::blendv(zero, Vectorized<T>(T(0.2)), (t >= zero) & (t <= one));
+  return Vectorized<T>::blendv(zero, grad * Vectorized<T>(T(0.2)), (t >= zero) & (t <= one));
 }
 
 struct RowSpace {
@@ -223,11 +225,11 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
         const auto tc = tanh(cn);
         const auto dh = has_dh ? load<T>(dh_in, j, n) : zero;
         auto dcn = has_dcn ? load<T>(dcn_in, j, n) : zero;
-        const auto dzo = dh * tc * act_grad(zo, o_, hard);
+        const auto dzo = act_backward(dh * tc, zo, o_, hard);
         dcn = dcn + dh * o_ * (one - tc * tc);
         if (has_peep) dcn = dcn + dzo * load<T>(w[2], j, n);
-        const auto dzi = dcn * g * act_grad(zi, i, hard);
-        const auto dzf = dcn * cv * act_grad(zf, f, hard);
+        const auto dzi = act_backward(dcn * g, zi, i, hard);
+        const auto dzf = act_backward(dcn * cv, zf, f, hard);
         const auto dzg = dcn * i * (one - g * g);
         auto dc = dcn * f;
         if (has_peep) dc = dc + dzi * load<T>(w[0], j, n) + dzf * load<T>(w[1], j, n);

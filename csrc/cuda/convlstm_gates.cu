@@ -106,14 +106,15 @@ PK_HD T act(T z) {
   }
 }
 
-// d act / dz, given z and a = act(z).
+// grad * d act / dz, given z and a = act(z). Hard sigmoid selects (inclusive, as torch.clamp's
+// backward) rather than multiplying by a 0/1 mask, so an infinite grad outside gives 0, not NaN.
 template <typename T, int ACT>
-PK_HD T dact(T z, T a) {
+PK_HD T act_backward(T grad, T z, T a) {
   if (ACT == static_cast<int>(GateAct::Sigmoid)) {
-    return a * (T(1) - a);
+    return grad * (T(1) - a) * a;
   } else {
     const T t = hard_t(z);
-    return (t >= T(0) && t <= T(1)) ? T(0.2) : T(0);  // inclusive, as torch.clamp's backward
+    return (t >= T(0) && t <= T(1)) ? grad * T(0.2) : T(0);
   }
 }
 
@@ -438,12 +439,12 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
     const T cn = f * cv + i * g;
     const T tc = op_tanh(cn);
     const T o = act<T, ACT>(zo);
-    dzo = dh * tc * dact<T, ACT>(zo, o);
+    dzo = act_backward<T, ACT>(dh * tc, zo, o);
     dcn += dh * o * (T(1) - tc * tc);
     if (peep) dcn += dzo * wco;
   }
-  const T dzi = dcn * g * dact<T, ACT>(zi, i);
-  const T dzf = dcn * cv * dact<T, ACT>(zf, f);
+  const T dzi = act_backward<T, ACT>(dcn * g, zi, i);
+  const T dzf = act_backward<T, ACT>(dcn * cv, zf, f);
   const T dzg = dcn * i * (T(1) - g * g);
   T dc = dcn * f;
   if (peep) dc += dzi * wci + dzf * wcf;
