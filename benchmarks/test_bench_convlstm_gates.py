@@ -23,14 +23,15 @@ def test_convlstm_gates(benchmark, case, mode, contender):
     gen = torch.Generator().manual_seed(0)
     sets = [case.make_inputs(device, torch.float32, mode != "forward", gen) for _ in range(3)]
     fn = cases.callable_for(case, contender)
-    grads = runner._output_grads(case, sets[0], fn, gen) if mode != "forward" else None
-    err = runner.max_error(case, fn, mode, sets[0], grads)
-    assert err <= runner.TOLERANCE, f"{contender} is wrong: {err:.3g}"
-    calls = iter(range(10**9))
+    with cases.contender_backend(contender):
+        grads = runner._output_grads(case, sets[0], fn, gen) if mode != "forward" else None
+        err = runner.max_error(case, fn, mode, sets[0], grads)
+        assert err <= runner.TOLERANCE, f"{contender} is wrong: {err:.3g}"
+        calls = iter(range(10**9))
 
-    def step():
-        runner._step(case, fn, mode, sets[next(calls) % len(sets)], grads)
-        runner._sync(device)
+        def step():
+            runner._step(case, fn, mode, sets[next(calls) % len(sets)], grads)
+            runner._sync(device)
 
-    benchmark.extra_info.update(device=DEVICE, torch=torch.__version__, max_rel_error=err)
-    benchmark.pedantic(step, warmup_rounds=3, rounds=30 if case.shape_name != "tiny" else 300)
+        benchmark.extra_info.update(device=DEVICE, torch=torch.__version__, max_rel_error=err)
+        benchmark.pedantic(step, warmup_rounds=3, rounds=30 if case.shape_name != "tiny" else 300)

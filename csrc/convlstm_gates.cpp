@@ -366,7 +366,18 @@ TORCH_LIBRARY_IMPL(predkern, CPU, m) {
   m.impl("convlstm_gates_backward", &backward_kernel);
 }
 
+// Sparse inputs reach these kernels only to be refused by check_inputs, naming the argument.
+TORCH_LIBRARY_IMPL(predkern, SparseCPU, m) {
+  m.impl("convlstm_gates", &inference_kernel);
+  m.impl("convlstm_gates_forward", &forward_kernel);
+}
+
 #ifdef PREDKERN_WITH_CUDA
+TORCH_LIBRARY_IMPL(predkern, SparseCUDA, m) {
+  m.impl("convlstm_gates", &inference_kernel);
+  m.impl("convlstm_gates_forward", &forward_kernel);
+}
+
 TORCH_LIBRARY_IMPL(predkern, CUDA, m) {
   m.impl("convlstm_gates", &inference_kernel);
   m.impl("convlstm_gates_forward", &forward_kernel);

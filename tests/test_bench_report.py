@@ -27,7 +27,9 @@ def test_report_on_tiny_config(tmp_path):
 def test_wrong_result_is_reported_not_timed():
     case = cases.cases(["tiny"])[0]
     broken = dataclasses.replace(case, fused=lambda **kw: tuple(t + 1e-3 for t in case.fused(**kw)))
-    row = runner.run(broken, "predkern-cpu", "forward", "cpu", budget_s=0.01)
-    assert row["status"] == "wrong" and "samples_s" not in row
+    wrong, right = runner.run_group(broken, ["predkern-cpu", "eager"], "forward", "cpu", budget_s=0.01)
+    assert wrong["status"] == "wrong" and "samples_s" not in wrong
+    assert right["status"] == "ok" and right["samples_s"]
+    row = wrong
     assert "WRONG" in report.markdown({"environment": report.environment("cpu"), "backends": {},
                                        "results": [row]})

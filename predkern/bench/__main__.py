@@ -1,4 +1,5 @@
+import sys
+
 from predkern.cli import main
 
-if __name__ == "__main__":
-    raise SystemExit(main(["bench", *__import__("sys").argv[1:]]))
+raise SystemExit(main(["bench", *sys.argv[1:]]))

@@ -6,6 +6,7 @@ the same math, and every predkern backend that runs on the device) in two modes:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Callable
@@ -86,17 +87,21 @@ def contenders(device_type: str, requested_backends=None) -> list[str]:
 
 
 def callable_for(case: Case, contender: str) -> Callable:
-    """A function of the case's inputs (keyword arguments) returning its outputs."""
+    """A function of the case's inputs (keyword arguments) returning its outputs. A predkern
+    contender's function must run inside `contender_backend(contender)`."""
     if contender == "eager":
         return case.eager
     if contender == "compile":
         return _compiled(case.eager)
-    backend = contender.removeprefix("predkern-")
+    return case.fused
 
-    def run(**inputs):
-        with backends.use(backend):
-            return case.fused(**inputs)
-    return run
+
+def contender_backend(contender: str):
+    """The context that selects a predkern contender's backend (a no-op for the others); entered
+    around a burst of timed calls, not per call, so its cost is not timed."""
+    if contender.startswith("predkern-"):
+        return backends.use(contender.removeprefix("predkern-"))
+    return contextlib.nullcontext()
 
 
 @functools.lru_cache(maxsize=None)

@@ -66,12 +66,12 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0) -> 
     device = torch.device(device)
     selected = case_defs.cases(shapes, op_names)
     names = case_defs.contenders(device.type, backend_names)
-    jobs = [(c, m, n) for c in selected for m in case_defs.MODES for n in names]
+    jobs = [(c, m) for c in selected for m in case_defs.MODES]
     progress = Progress(len(jobs))
     results = []
-    for case, mode, name in jobs:
-        progress.step(f"{case.name} {mode} {name}")
-        results.append(runner.run(case, name, mode, device, budget_s=budget_s))
+    for case, mode in jobs:
+        progress.step(f"{case.name} {mode}: {', '.join(names)}")
+        results += runner.run_group(case, names, mode, device, budget_s=budget_s * len(names))
     clone = {c.name: runner.clone_median_s(c.min_bytes, device) for c in selected}
     for r in results:
         if r["status"] == "ok" and r["mode"] == "forward":
@@ -99,7 +99,8 @@ def markdown(data: dict) -> str:
              f"Device: **{env['device_name']}** ({env['device']}). predkern {env['predkern']}, torch {env['torch']}, "
              f"triton {env['triton'] or 'absent'}, CUDA {env['cuda'] or 'none'}, python {env['python']}, "
              f"{env['threads']} threads, CPU capability {env['cpu_capability']}. {env['date']}.", "",
-             "Median of many timed calls after warm-up, inputs rotated over 3 random sets; each result was "
+             "Median of many timed calls after warm-up, the contenders called in turn round by round (side "
+             "by side), inputs rotated over 3 random sets; each result was "
              "checked against the float64 reference first (max error over the output's scale; a wrong "
              "result is reported, not timed). *vs eager* / *vs compile* are speedups (>1 is faster). "
              "GB/s counts the fewest bytes a fused forward must move, against a `clone()` of as many bytes.",

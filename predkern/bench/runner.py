@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from predkern.bench.cases import Case, callable_for
+from predkern.bench.cases import Case, callable_for, contender_backend
 
 TOLERANCE = 1e-5  # float32 max abs error relative to the output's scale (SPEC.md section 5)
 
@@ -100,45 +100,69 @@ def clone_median_s(nbytes: int, device, repeats: int = 50) -> float:
     return statistics.median(times)
 
 
-def run(case: Case, contender: str, mode: str, device, *, budget_s: float = 1.0, min_repeats: int = 10,
-        max_repeats: int = 500, warmup: int = 3, rotate: int = 3, seed: int = 0) -> dict:
-    """Check, then time: `warmup` calls, then as many timed calls as fit in `budget_s` (within
-    [min_repeats, max_repeats]); the median is reported. Rotating `rotate` input sets keeps big
-    inputs out of cache, as in training."""
+def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s: float = 1.0,
+              min_repeats: int = 10, max_repeats: int = 500, warmup: int = 3, rotate: int = 3,
+              seed: int = 0) -> list[dict]:
+    """Check every contender, then time them side by side: each round runs every contender in
+    turn, so that all of them see the same machine state (allocator, clocks, other load). A
+    contender's turn is one call, or for calls under a millisecond a burst of calls timed together
+    (so a tiny call is not timed cold after the others polluted the caches), giving one sample of
+    the mean call time. As many rounds as fit in `budget_s` (within [min_repeats, max_repeats]);
+    medians reported. Rotating `rotate` input sets keeps big inputs out of cache, as in training."""
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     requires_grad = mode == "forward+backward"
     sets = [case.make_inputs(device, torch.float32, requires_grad, gen) for _ in range(rotate)]
-    fn = callable_for(case, contender)
-    row = dict(case=case.name, op=case.op, shape=case.shape_name, dims=case.dims, mode=mode,
-               contender=contender, device=str(device))
-    try:
-        grads = _output_grads(case, sets[0], fn, gen) if requires_grad else None
-        t0 = time.perf_counter()
-        err = max_error(case, fn, mode, sets[0], grads)
-        if contender == "compile":
-            row["compile_s"] = time.perf_counter() - t0  # first call: tracing and compiling
-    except Exception as e:  # a contender that crashes is reported, not timed
-        return dict(row, status="error", error=f"{type(e).__name__}: {e}")
-    row["max_rel_error"] = err
-    if not err <= TOLERANCE:
-        return dict(row, status="wrong", error=f"max error {err:.3g} x scale > {TOLERANCE}")
-    for i in range(warmup):
-        _sync(device)
-        t0 = time.perf_counter()
-        _step(case, fn, mode, sets[i % rotate], grads)
-        _sync(device)
-        per_call = time.perf_counter() - t0
-    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(per_call, 1e-9))))
-    samples = []
+    grads = None
+    rows, timed = [], []
+    for contender in contenders:
+        fn = callable_for(case, contender)
+        row = dict(case=case.name, op=case.op, shape=case.shape_name, dims=case.dims, mode=mode,
+                   contender=contender, device=str(device))
+        rows.append(row)
+        try:
+            with contender_backend(contender):
+                if requires_grad and grads is None:
+                    grads = _output_grads(case, sets[0], fn, gen)
+                t0 = time.perf_counter()
+                err = max_error(case, fn, mode, sets[0], grads)
+            if contender == "compile":
+                row["compile_s"] = time.perf_counter() - t0  # first call: tracing and compiling
+        except Exception as e:  # a contender that crashes is reported, not timed
+            row.update(status="error", error=f"{type(e).__name__}: {e}")
+            continue
+        row["max_rel_error"] = err
+        if not err <= TOLERANCE:
+            row.update(status="wrong", error=f"max error {err:.3g} x scale > {TOLERANCE}")
+            continue
+        with contender_backend(contender):
+            for i in range(warmup):
+                _sync(device)
+                t0 = time.perf_counter()
+                _step(case, fn, mode, sets[i % rotate], grads)
+                _sync(device)
+                per_call = time.perf_counter() - t0
+        timed.append((row, fn, per_call))
+    if not timed:
+        return rows
+    burst = {id(row): int(min(100, max(1, 1e-3 / max(per_call, 1e-9)))) for row, _, per_call in timed}
+    round_s = sum(per_call * burst[id(row)] for row, _, per_call in timed)
+    repeats = int(min(max_repeats, max(min_repeats, budget_s / max(round_s, 1e-9))))
+    samples = {id(row): [] for row, _, _ in timed}
     for i in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        _step(case, fn, mode, sets[i % rotate], grads)
-        _sync(device)
-        samples.append(time.perf_counter() - t0)
-    row.update(status="ok", samples_s=samples, median_s=statistics.median(samples))
-    if requires_grad:
-        row["saved_bytes"] = saved_bytes(case, fn, sets[0])
-    row["launches"] = kernel_launches(case, fn, mode, sets[0], grads, device)
-    return row
+        for row, fn, _ in timed:
+            n = burst[id(row)]
+            with contender_backend(row["contender"]):
+                _sync(device)
+                t0 = time.perf_counter()
+                for k in range(n):
+                    _step(case, fn, mode, sets[(i + k) % rotate], grads)
+                _sync(device)
+                samples[id(row)].append((time.perf_counter() - t0) / n)
+    for row, fn, _ in timed:
+        row.update(status="ok", samples_s=samples[id(row)], median_s=statistics.median(samples[id(row)]))
+        with contender_backend(row["contender"]):
+            if requires_grad:
+                row["saved_bytes"] = saved_bytes(case, fn, sets[0])
+            row["launches"] = kernel_launches(case, fn, mode, sets[0], grads, device)
+    return rows

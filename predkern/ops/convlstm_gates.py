@@ -30,12 +30,13 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     blocks are stacked (any permutation of "ifgo"); ``gate_act`` is "sigmoid" or Keras'
     "hard_sigmoid" for i, f, o. Gradients flow to every tensor input.
     """
-    _check_types(gates_x, c, gates_h, bias, peephole)
+    if not isinstance(gates_x, Tensor):
+        _checks.tensor(OP, "gates_x", gates_x)
     backend = backends.select(gates_x.device.type)
     if backend in ("cpu", "cuda"):
-        # the C++ op checks the rest itself, with the same messages (per-call cost matters here)
-        return torch.ops.predkern.convlstm_gates(gates_x, c, gates_h, bias, peephole,
-                                                 _float(forget_bias), gate_order, gate_act)
+        # The C++ op checks the rest itself, with the same messages: a second check in Python
+        # would cost as much as the fused kernel at small sizes.
+        return _cpp_op(gates_x, c, gates_h, bias, peephole, _float(forget_bias), gate_order, gate_act)
     _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
     if backend == "reference":
         return reference.convlstm_gates(gates_x, c, gates_h, bias, peephole, forget_bias=forget_bias,
@@ -53,16 +54,6 @@ def _float(forget_bias) -> float:
     if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
         raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(forget_bias).__name__}")
     return float(forget_bias)
-
-
-def _check_types(*tensors) -> None:
-    """What the dispatcher must not see: non-tensors, sparse tensors, mixed devices (a meta
-    tensor among CPU ones would otherwise reach the shape-only fake kernel)."""
-    gates_x = tensors[0]
-    for name, t in zip(TENSOR_ARGS, tensors):
-        if t is not None and (not isinstance(t, Tensor) or t.layout != torch.strided
-                              or t.device != gates_x.device):
-            _checks.tensor(OP, name, t, gates_x if isinstance(gates_x, Tensor) else None)
 
 
 TENSOR_ARGS = ("gates_x", "c", "gates_h", "bias", "peephole")
@@ -125,16 +116,21 @@ def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephol
     return grad_bias, grad_peephole
 
 
-# Output shapes and layouts of the C++ ops, for torch.compile and opcheck.
+# Output shapes and layouts of the C++ ops, for torch.compile and opcheck. The fakes also run
+# when a meta tensor is mixed with real ones, so they check the arguments as the kernels do.
 if backends._extension_error() is None:
+    _cpp_op = torch.ops.predkern.convlstm_gates.default
+
     @torch.library.register_fake("predkern::convlstm_gates")
     def _(gates_x, c, gates_h=None, bias=None, peephole=None, forget_bias=0.0, gate_order="ifgo",
           gate_act="sigmoid"):
+        _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
         shape = _state_shape(gates_x)
         return _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
 
     @torch.library.register_fake("predkern::convlstm_gates_forward")
     def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act):
+        _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
         shape = _state_shape(gates_x)
         return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
                 _empty(gates_x.shape, gates_x, c.dtype))

@@ -1,0 +1,3 @@
+from predkern.cli import main
+
+raise SystemExit(main())
