@@ -59,14 +59,16 @@ def unavailable_reason(backend: str, device_type: str) -> str | None:
 
 
 def status() -> dict[str, str | None]:
-    """Each backend with None if it runs here (on the GPU if there is one, else the CPU), else why not."""
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    """Each backend with None if it runs here (triton: on the GPU if there is one), else why not."""
+    gpu = torch.cuda.is_available()
     result = {}
     for name in BACKENDS:
-        reason = unavailable_reason(name, device_type)
-        if name == "cpu" and device_type == "cuda":
-            reason = unavailable_reason("cpu", "cpu")
-        result[name] = reason
+        if name == "cuda" and not gpu:
+            result[name] = "no CUDA GPU here (torch.cuda.is_available() is False)"
+        elif name == "triton":
+            result[name] = unavailable_reason(name, "cuda" if gpu else "cpu")
+        else:
+            result[name] = unavailable_reason(name, "cuda" if name == "cuda" else "cpu")
     return result
 
 
