@@ -4,7 +4,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
@@ -131,7 +131,7 @@ View3 view3(const OptTensor& t, int64_t S, Tensor& keep) {
 
 #ifdef PREDKERN_WITH_CUDA
 void* current_stream(const Tensor& t) {
-  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
+  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 #endif
 
