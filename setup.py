@@ -30,7 +30,7 @@ def _extensions():
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
-    cxx = ["-O3", "-std=c++17", "-fopenmp", "-Wno-psabi"]  # OpenMP: at::parallel_for is inline
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"]  # OpenMP: at::parallel_for is inline
     args = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if _want_cuda(torch, CUDA_HOME):
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]

@@ -56,9 +56,6 @@ def _float(forget_bias) -> float:
     return float(forget_bias)
 
 
-TENSOR_ARGS = ("gates_x", "c", "gates_h", "bias", "peephole")
-
-
 def _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act) -> None:
     _checks.tensor(OP, "gates_x", gates_x)
     if gates_x.dim() < 2:
