@@ -4,30 +4,19 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
 #include <array>
 #include <string>
 
+#include "common.h"
 #include "convlstm_gates.h"
 
 namespace predkern {
 namespace {
 
-using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "predkern: unsupported dtype ", t);
-  }
-}
+constexpr const char* kOp = "convlstm_gates";
 
 // slot_block[k]: the block of gates_x holding gate k of "ifgo".
 std::array<int, 4> slot_blocks(const std::string& order) {
@@ -50,90 +39,33 @@ GateAct gate_act_of(const std::string& act) {
   return GateAct::HardSigmoid;
 }
 
-void check_tensor(const Tensor& t, const char* name, const Tensor& like) {
-  TORCH_CHECK_TYPE(t.is_floating_point(), "convlstm_gates: `", name,
-                   "` must be a floating-point tensor, got dtype ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.layout() == at::kStrided, "convlstm_gates: `", name,
-                    "` must be a strided (dense) tensor, got layout ", t.layout());
-  TORCH_CHECK_VALUE(t.device() == like.device(), "convlstm_gates: `", name,
-                    "` must be on the device of gates_x (", like.device(), "), got ", t.device());
-}
-
-void check_shape(const Tensor& t, const char* name, at::IntArrayRef expected, const char* what) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, "convlstm_gates: `", name, "` must have shape ", what,
-                    " = ", expected, ", got ", t.sizes());
-}
-
 // SPEC.md section 5: bad input raises before any kernel runs, naming the argument.
 void check_inputs(const Tensor& gx, const Tensor& c, const OptTensor& gh, const OptTensor& bias,
                   const OptTensor& peep) {
-  check_tensor(gx, "gates_x", gx);
-  TORCH_CHECK_VALUE(gx.dim() >= 2, "convlstm_gates: `gates_x` must have shape (B, 4*C, *spatial), "
-                    "got ", gx.dim(), " dims ", gx.sizes());
-  TORCH_CHECK_VALUE(gx.size(1) % 4 == 0, "convlstm_gates: `gates_x`.size(1) must be a multiple of "
-                    "the 4 gates, got ", gx.size(1));
-  auto state_shape = gx.sizes().vec();
-  state_shape[1] /= 4;
-  check_tensor(c, "c", gx);
-  check_shape(c, "c", state_shape, "(B, C, *spatial) with C = gates_x.size(1) / 4");
-  const auto gdt = gx.scalar_type(), sdt = c.scalar_type();
-  const bool autocast_mix = sdt == at::kFloat && (gdt == at::kHalf || gdt == at::kBFloat16);
-  TORCH_CHECK_VALUE(gdt == sdt || autocast_mix, "convlstm_gates: `c` must have the dtype of "
-                    "gates_x (", gdt, "), or float32 with float16/bfloat16 gates, got ", sdt);
+  check_tensor(kOp, gx, "gates_x", gx);
+  const int64_t C = check_stacked(kOp, gx, "gates_x", 4, "gates");
+  const auto state_shape = with_channels(gx, C);
+  check_tensor(kOp, c, "c", gx);
+  check_shape(kOp, c, "c", state_shape, "(B, C, *spatial) with C = gates_x.size(1) / 4");
+  check_state_dtype(kOp, c, "c", gx.scalar_type());
   if (gh) {
-    check_tensor(*gh, "gates_h", gx);
-    check_shape(*gh, "gates_h", gx.sizes(), "gates_x.shape");
-    TORCH_CHECK_VALUE(gh->scalar_type() == gdt, "convlstm_gates: `gates_h` must have the dtype "
-                      "of gates_x (", gdt, "), got ", gh->scalar_type());
+    check_tensor(kOp, *gh, "gates_h", gx);
+    check_shape(kOp, *gh, "gates_h", gx.sizes(), "gates_x.shape");
+    check_dtype(kOp, *gh, "gates_h", gx.scalar_type(), "gates_x");
   }
   if (bias) {
-    check_tensor(*bias, "bias", gx);
-    check_shape(*bias, "bias", {gx.size(1)}, "(4*C,)");
-    TORCH_CHECK_VALUE(bias->scalar_type() == sdt, "convlstm_gates: `bias` must have the dtype of "
-                      "c (", sdt, "), got ", bias->scalar_type());
+    check_tensor(kOp, *bias, "bias", gx);
+    check_shape(kOp, *bias, "bias", {gx.size(1)}, "(4*C,)");
+    check_dtype(kOp, *bias, "bias", c.scalar_type(), "c");
   }
   if (peep) {
-    check_tensor(*peep, "peephole", gx);
+    check_tensor(kOp, *peep, "peephole", gx);
     auto peep_shape = state_shape;
     peep_shape[0] = 3;
-    check_shape(*peep, "peephole", peep_shape, "(3, C, *spatial)");
-    TORCH_CHECK_VALUE(peep->scalar_type() == sdt, "convlstm_gates: `peephole` must have the "
-                      "dtype of c (", sdt, "), got ", peep->scalar_type());
+    check_shape(kOp, *peep, "peephole", peep_shape, "(3, C, *spatial)");
+    check_dtype(kOp, *peep, "peephole", c.scalar_type(), "c");
   }
 }
-
-int64_t spatial_numel(const Tensor& t) {
-  int64_t s = 1;
-  for (int64_t d = 2; d < t.dim(); ++d) s *= t.size(d);
-  return s;
-}
-
-// (B, k*C, *spatial) seen as (B, k*C, S). When the spatial dims flatten to one stride (dense,
-// channels_last, channel or batch slices) the strides are read off without making a view; else
-// `keep` holds a reshaped copy.
-View3 view3(const Tensor& t, int64_t S, Tensor& keep) {
-  int64_t ss = 1, next = -1;  // next: the stride the next outer spatial dim must have
-  bool flat = true;
-  for (int64_t d = t.dim() - 1; d >= 2 && flat; --d) {
-    if (t.size(d) == 1) continue;
-    flat = next < 0 || t.stride(d) == next;
-    if (next < 0) ss = t.stride(d);
-    next = t.stride(d) * t.size(d);
-  }
-  if (flat) return {t.data_ptr(), t.stride(0), t.stride(1), ss};
-  keep = t.reshape({t.size(0), t.size(1), S});
-  return {keep.data_ptr(), keep.stride(0), keep.stride(1), keep.stride(2)};
-}
-
-View3 view3(const OptTensor& t, int64_t S, Tensor& keep) {
-  return t ? view3(*t, S, keep) : View3{};
-}
-
-#ifdef PREDKERN_WITH_CUDA
-void* current_stream(const Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-}
-#endif
 
 std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& c,
                                                 const OptTensor& gh, const OptTensor& bias,
@@ -152,10 +84,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& 
   p.S = spatial_numel(gx);
 
   // Outputs follow gates_x's memory format (SPEC.md section 5).
-  const auto fmt = gx.suggest_memory_format();
-  const auto h_new = at::empty(c.sizes(), gx.options().memory_format(fmt));
-  const auto c_new = at::empty(c.sizes(), c.options().memory_format(fmt));
-  const auto pre_act = save ? at::empty(gx.sizes(), c.options().memory_format(fmt)) : Tensor();
+  const auto h_new = empty_like_format(c.sizes(), gx, gx.scalar_type());
+  const auto c_new = empty_like_format(c.sizes(), gx, c.scalar_type());
+  const auto pre_act = save ? empty_like_format(gx.sizes(), gx, c.scalar_type()) : Tensor();
   if (h_new.numel() == 0) return {h_new, c_new, pre_act};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
@@ -186,22 +117,16 @@ std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTenso
                                          const std::string& gate_act) {
   // pre_act (state dtype), c and peephole come from the forward; the rest is checked against them.
   check_inputs(pre_act, c, std::nullopt, std::nullopt, peep);
-  const auto sdt = c.scalar_type();
-  TORCH_CHECK_VALUE(gate_dtype == sdt || (sdt == at::kFloat && (gate_dtype == at::kHalf ||
-                                                                gate_dtype == at::kBFloat16)),
-                    "convlstm_gates_backward: `gate_dtype` ", gate_dtype,
-                    " does not go with state dtype ", sdt);
+  check_state_dtype(kOp, c, "c", gate_dtype);
   if (grad_h) {
-    check_tensor(*grad_h, "grad_h", pre_act);
-    check_shape(*grad_h, "grad_h", c.sizes(), "c.shape");
-    TORCH_CHECK_VALUE(grad_h->scalar_type() == gate_dtype,
-                      "convlstm_gates_backward: `grad_h` must have dtype ", gate_dtype);
+    check_tensor(kOp, *grad_h, "grad_h", pre_act);
+    check_shape(kOp, *grad_h, "grad_h", c.sizes(), "c.shape");
+    check_dtype(kOp, *grad_h, "grad_h", gate_dtype, "h_new");
   }
   if (grad_c_new) {
-    check_tensor(*grad_c_new, "grad_c_new", pre_act);
-    check_shape(*grad_c_new, "grad_c_new", c.sizes(), "c.shape");
-    TORCH_CHECK_VALUE(grad_c_new->scalar_type() == c.scalar_type(),
-                      "convlstm_gates_backward: `grad_c_new` must have dtype ", c.scalar_type());
+    check_tensor(kOp, *grad_c_new, "grad_c_new", pre_act);
+    check_shape(kOp, *grad_c_new, "grad_c_new", c.sizes(), "c.shape");
+    check_dtype(kOp, *grad_c_new, "grad_c_new", c.scalar_type(), "c_new");
   }
   ConvLSTMGatesBackward p;
   std::copy_n(slot_blocks(gate_order).begin(), 4, p.slot_block);
@@ -212,10 +137,8 @@ std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTenso
   p.C = pre_act.size(1) / 4;
   p.S = spatial_numel(pre_act);
 
-  const auto fmt = pre_act.suggest_memory_format();
-  const auto grad_gates =
-      at::empty(pre_act.sizes(), pre_act.options().dtype(gate_dtype).memory_format(fmt));
-  const auto grad_c = at::empty(c.sizes(), c.options().memory_format(fmt));
+  const auto grad_gates = empty_like_format(pre_act.sizes(), pre_act, gate_dtype);
+  const auto grad_c = empty_like_format(c.sizes(), pre_act, c.scalar_type());
   if (grad_c.numel() == 0) return {grad_gates, grad_c};
 
   Tensor k[7];
@@ -266,8 +189,6 @@ std::tuple<Tensor, Tensor> backward_kernel(const OptTensor& grad_h, const OptTen
   return backward_impl(grad_h, grad_c_new, pre_act, c, peep, gate_dtype, std::string(gate_order),
                        std::string(gate_act));
 }
-
-OptTensor defined_or_null(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
 class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunction> {
  public:
@@ -340,7 +261,6 @@ std::tuple<Tensor, Tensor> autograd_kernel(const Tensor& gx, const Tensor& c, co
                                            const OptTensor& bias, const OptTensor& peep,
                                            double forget_bias, c10::string_view gate_order,
                                            c10::string_view gate_act) {
-  const auto requires_grad = [](const OptTensor& t) { return t && t->requires_grad(); };
   const bool needs_grad = at::GradMode::is_enabled() &&
                           (gx.requires_grad() || c.requires_grad() || requires_grad(gh) ||
                            requires_grad(bias) || requires_grad(peep));

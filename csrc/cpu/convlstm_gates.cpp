@@ -2,131 +2,12 @@
 // Each (batch, outer) row runs along the inner dimension with SIMD vectors; the inner dimension is
 // space for NCHW-like outputs and channels for channels_last-like ones, so the big operands are
 // read with unit stride in both layouts. Operands with other strides are gathered (correct, slower).
-#include "cpu/capability.h"
+#include "cpu/vec_helpers.h"
 #include "convlstm_gates.h"
-
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-
-#include <algorithm>
-#include <stdexcept>
-#include <type_traits>
 
 namespace predkern::cpu {
 namespace CPU_CAPABILITY {
-namespace {
-
-using at::vec::Vectorized;
-
-template <typename T> struct OpMathOf { using type = float; };
-template <> struct OpMathOf<double> { using type = double; };
-
-// One operand along the loop's inner dimension: `inc` elements apart (1, 0 or anything else).
-template <typename T>
-struct Run {
-  T* p = nullptr;
-  int64_t inc = 0;
-};
-
-// The run of element (b, ch_offset + ch, s) for a row: `outer` is ch when space is the inner
-// dimension, s otherwise. `b` is the batch index (or the peephole block, through sb).
-template <typename T>
-Run<T> run_of(const View3& v, int64_t b, int64_t outer, int64_t ch_offset, bool space_inner) {
-  T* base = static_cast<T*>(v.ptr) + b * v.sb;
-  if (space_inner) return {base + (ch_offset + outer) * v.sc, v.ss};
-  return {base + ch_offset * v.sc + outer * v.ss, v.sc};
-}
-
-// Loads n <= size() lanes starting at inner index j, converted to the math type T.
-template <typename T, typename S>
-inline Vectorized<T> load(const Run<S>& r, int64_t j, int64_t n) {
-  using Src = std::remove_const_t<S>;
-  if constexpr (std::is_same_v<T, Src>) {
-    if (r.inc == 1) return Vectorized<T>::loadu(r.p + j, n);
-  }
-  if (r.inc == 0) return Vectorized<T>(static_cast<T>(r.p[0]));
-  alignas(64) T buf[Vectorized<T>::size()];
-  for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<T>(r.p[(j + k) * r.inc]);
-  return Vectorized<T>::loadu(buf, n);
-}
-
-// Stores n lanes at inner index j, rounding once to the storage type S.
-template <typename T, typename S>
-inline void store(const Run<S>& r, int64_t j, int64_t n, const Vectorized<T>& v) {
-  if constexpr (std::is_same_v<T, S>) {
-    if (r.inc == 1) {
-      v.store(r.p + j, n);
-      return;
-    }
-  }
-  alignas(64) T buf[Vectorized<T>::size()];
-  v.store(buf);
-  for (int64_t k = 0; k < n; ++k) r.p[(j + k) * r.inc] = static_cast<S>(buf[k]);
-}
-
-// ATen's polynomial exp (<= 20 ulp, saturates to 0 / inf): ~2x faster than Sleef's. It loses
-// NaN, which is put back so that NaN propagates as in eager PyTorch.
-template <typename T>
-inline Vectorized<T> exp(const Vectorized<T>& x) {
-  return Vectorized<T>::blendv(x.exp_u20(), x, x != x);
-}
-
-template <typename T>
-inline Vectorized<T> sigmoid(const Vectorized<T>& x) {
-  const Vectorized<T> one(T(1));
-  return one / (one + exp(x.neg()));
-}
-
-// tanh(x) = 2 sigmoid(2x) - 1: one exp and one division, ~3x faster than Sleef's tanh here, with
-// an absolute error of a few ulp of 1 (SPEC.md bounds the error relative to the output's scale).
-// +-inf give +-1 and NaN stays NaN.
-template <typename T>
-inline Vectorized<T> tanh(const Vectorized<T>& x) {
-  const Vectorized<T> one(T(1)), two(T(2));
-  return two / (one + exp(x * Vectorized<T>(T(-2)))) - one;
-}
-
-// clamp(0.2 x + 0.5, 0, 1) with blends, so NaN passes through as in torch.clamp.
-template <typename T>
-inline Vectorized<T> hard_sigmoid(const Vectorized<T>& x) {
-  const Vectorized<T> zero(T(0)), one(T(1));
-  const auto t = x * Vectorized<T>(T(0.2)) + Vectorized<T>(T(0.5));
-  const auto lo = Vectorized<T>::blendv(t, zero, t < zero);
-  return Vectorized<T>::blendv(lo, one, lo > one);
-}
-
-template <typename T>
-inline Vectorized<T> act(const Vectorized<T>& x, bool hard) {
-  return hard ? hard_sigmoid(x) : sigmoid(x);
-}
-
-// grad * d act / dx, given x and y = act(x). torch.clamp passes the gradient on the closed
-// interval, so hard_sigmoid's is 0.2 grad where 0 <= 0.2 x + 0.5 <= 1, selected (not multiplied
-// by a 0/1 mask) so that an infinite grad outside the interval gives 0 as in eager, not NaN.
-template <typename T>
-inline Vectorized<T> act_backward(const Vectorized<T>& grad, const Vectorized<T>& x,
-                                  const Vectorized<T>& y, bool hard) {
-  const Vectorized<T> zero(T(0)), one(T(1));
-  if (!hard) return grad * (one - y) * y;
-  const auto t = x * Vectorized<T>(T(0.2)) + Vectorized<T>(T(0.5));
-  return Vectorized<T>::blendv(zero, grad * Vectorized<T>(T(0.2)), (t >= zero) & (t <= one));
-}
-
-struct RowSpace {
-  bool space_inner;  // inner dimension: space (NCHW-like output) or channels (channels_last)
-  int64_t rows, inner, grain;
-};
-
-RowSpace row_space(int64_t B, int64_t C, int64_t S, const View3& out) {
-  RowSpace r;
-  r.space_inner = out.ss == 1 && S > 1;
-  r.inner = r.space_inner ? S : C;
-  r.rows = B * (r.space_inner ? C : S);
-  r.grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(r.inner, 1));
-  return r;
-}
+namespace convlstm {
 
 template <typename G, typename S>
 void forward_typed(const ConvLSTMGatesForward& p) {
@@ -253,32 +134,15 @@ struct BackwardKernel {
   static void run(const ConvLSTMGatesBackward& p) { backward_typed<G, S>(p); }
 };
 
-// Runs Kernel<G, S> for the (gate, state) dtype pair; SPEC.md section 5 allows equal dtypes and
-// the autocast mix (float16 / bfloat16 gates with float32 state).
-template <template <typename, typename> class Kernel, typename Params>
-void dispatch_dtypes(const Params& p) {
-  using c10::BFloat16;
-  using c10::Half;
-  const DType gate = p.gate_dtype, state = p.state_dtype;
-  if (gate == state) {
-    switch (gate) {
-      case DType::Float32: return Kernel<float, float>::run(p);
-      case DType::Float64: return Kernel<double, double>::run(p);
-      case DType::Float16: return Kernel<Half, Half>::run(p);
-      case DType::BFloat16: return Kernel<BFloat16, BFloat16>::run(p);
-    }
-  } else if (state == DType::Float32) {
-    if (gate == DType::Float16) return Kernel<Half, float>::run(p);
-    if (gate == DType::BFloat16) return Kernel<BFloat16, float>::run(p);
-  }
-  throw std::invalid_argument("predkern: unsupported (gate, state) dtype pair");
+}  // namespace convlstm
+
+void convlstm_gates_forward(const ConvLSTMGatesForward& p) {
+  dispatch_dtypes<convlstm::ForwardKernel>(p.gate_dtype, p.state_dtype, p);
 }
 
-}  // namespace
-
-void convlstm_gates_forward(const ConvLSTMGatesForward& p) { dispatch_dtypes<ForwardKernel>(p); }
-
-void convlstm_gates_backward(const ConvLSTMGatesBackward& p) { dispatch_dtypes<BackwardKernel>(p); }
+void convlstm_gates_backward(const ConvLSTMGatesBackward& p) {
+  dispatch_dtypes<convlstm::BackwardKernel>(p.gate_dtype, p.state_dtype, p);
+}
 
 }  // namespace CPU_CAPABILITY
 }  // namespace predkern::cpu

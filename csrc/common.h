@@ -1,0 +1,50 @@
+// Torch-facing helpers shared by the ops in csrc/<op>.cpp: argument checks that name the argument
+// (SPEC.md section 5), 3-D strided views for the kernels, and small autograd utilities.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "convlstm_gates.h"
+
+namespace predkern {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+DType dtype_of(at::ScalarType t);
+
+// `t` is a dense floating-point tensor on `like`'s device.
+void check_tensor(const char* op, const Tensor& t, const char* name, const Tensor& like);
+void check_shape(const char* op, const Tensor& t, const char* name, at::IntArrayRef expected,
+                 const char* what);
+void check_dtype(const char* op, const Tensor& t, const char* name, at::ScalarType expected,
+                 const char* what);
+// A cell state's dtype: the gates' dtype, or float32 with float16/bfloat16 gates (autocast).
+void check_state_dtype(const char* op, const Tensor& state, const char* name, at::ScalarType gates);
+// `t` is (B, k*C, *spatial) with the channels a multiple of k; returns C.
+int64_t check_stacked(const char* op, const Tensor& t, const char* name, int64_t k,
+                      const char* blocks);
+// t.sizes() with dim 1 set to `channels`.
+std::vector<int64_t> with_channels(const Tensor& t, int64_t channels);
+
+int64_t spatial_numel(const Tensor& t);
+
+// (B, k*C, *spatial) seen as (B, k*C, S). When the spatial dims flatten to one stride (dense,
+// channels_last, channel or batch slices) the strides are read off without making a view; else
+// `keep` holds a reshaped copy, which must outlive the kernel.
+View3 view3(const Tensor& t, int64_t S, Tensor& keep);
+View3 view3(const OptTensor& t, int64_t S, Tensor& keep);
+
+// An empty output shaped `sizes`, in `like`'s memory format (outputs follow the main input).
+Tensor empty_like_format(at::IntArrayRef sizes, const Tensor& like, at::ScalarType dtype);
+
+inline OptTensor defined_or_null(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+inline bool requires_grad(const OptTensor& t) { return t && t->requires_grad(); }
+
+#ifdef PREDKERN_WITH_CUDA
+void* current_stream(const Tensor& t);  // the current cudaStream_t of t's device
+#endif
+
+}  // namespace predkern
