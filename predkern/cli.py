@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="time eager, torch.compile and the predkern backends; write a report")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if present)")
     bench.add_argument("--full", action="store_true", help="the paper configs instead of the small default")
-    bench.add_argument("--shapes", help="comma-separated shape names (tiny, small, mnist, large)")
+    bench.add_argument("--shapes", help="comma-separated shape names (tiny, small, mnist, large, kth)")
     bench.add_argument("--ops", help="comma-separated op names (default: all)")
     bench.add_argument("--backends", help="comma-separated predkern backends to time (default: all present)")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per contender")

@@ -50,3 +50,36 @@ def convlstm_gates(gates_x, c, gates_h=None, bias=None, peephole=None, *,
     # Under autocast c is float32 while the gates are half: h takes the gates' dtype (SPEC 5).
     h_new = (o * torch.tanh(c_new)).to(gates_x.dtype)
     return h_new, c_new
+
+
+def stlstm_memory(x_cat, h_cat, m_cat, c, m, *, forget_bias=1.0, return_deltas=True):
+    """PredRNN ST-LSTM stage 1 (SPEC.md section 2): the memories c', m' side by side in `mem`.
+
+    x_cat (B, 7C, ...) holds blocks i, f, g, i', f', g', o; h_cat (B, 4C, ...) i, f, g, o;
+    m_cat (B, 3C, ...) i', f', g'. Returns (mem (B, 2C, ...), delta_c, delta_m) (deltas None
+    unless return_deltas)."""
+    x_i, x_f, x_g, x_im, x_fm, x_gm, _ = torch.chunk(x_cat, 7, dim=1)
+    h_i, h_f, h_g, _ = torch.chunk(h_cat, 4, dim=1)
+    m_i, m_f, m_g = torch.chunk(m_cat, 3, dim=1)
+    i = torch.sigmoid(x_i + h_i)
+    f = torch.sigmoid(x_f + h_f + forget_bias)
+    g = torch.tanh(x_g + h_g)
+    delta_c = i * g
+    c_new = f * c + delta_c
+    i_m = torch.sigmoid(x_im + m_i)
+    f_m = torch.sigmoid(x_fm + m_f + forget_bias)
+    g_m = torch.tanh(x_gm + m_g)
+    delta_m = i_m * g_m
+    m_new = f_m * m + delta_m
+    mem = torch.cat([c_new, m_new], dim=1)
+    if not return_deltas:
+        return mem, None, None
+    return mem, delta_c, delta_m
+
+
+def stlstm_output(x_cat, h_cat, o_conv, last_conv):
+    """PredRNN ST-LSTM stage 2 (SPEC.md section 2): h' = sigmoid(o_x + o_h + o_conv) * tanh(last_conv),
+    with o_x the last block of x_cat (B, 7C, ...) and o_h the last block of h_cat (B, 4C, ...)."""
+    C = x_cat.shape[1] // 7
+    o = torch.sigmoid(x_cat[:, 6 * C:] + h_cat[:, 3 * C:] + o_conv)
+    return o * torch.tanh(last_conv)

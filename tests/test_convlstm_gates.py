@@ -161,6 +161,20 @@ def test_infinite_grad_outside_hard_sigmoid_range_gives_zero(backend):
     assert grads[1][0, 3, 0] == 0 and grads[1][0, 3, 1] == 0
 
 
+def test_output_without_gradient_adds_no_nan(backend):
+    """A NaN in the o gate feeds only h: with a gradient on c_new alone, eager autograd never runs
+    h's path, so every input gradient stays finite (zero for the o block)."""
+    device = backend_device(backend)
+    x = make_inputs(C=2, spatial=(3,), gates_h=False, bias=False, peephole=False, dtype=torch.float32,
+                    device=device)
+    x["gates_x"][:, 6:8] = float("nan")  # the o block of "ifgo"
+    got = run_with_grads(backend, x, {}, grads=("c",))
+    ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), {}, grads=("c",))
+    for k in ("d_gates_x", "d_c"):
+        assert torch.isfinite(got[k]).all(), k
+        torch.testing.assert_close(got[k].double().cpu(), ref[k])
+
+
 # ---------------------------------------------------------------- gradcheck in float64
 
 @pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])

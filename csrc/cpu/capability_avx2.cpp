@@ -18,4 +18,6 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #include "cpu/convlstm_gates.cpp"
+#include "cpu/stlstm_memory.cpp"
+#include "cpu/stlstm_output.cpp"
 #endif

@@ -30,4 +30,6 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "cpu/convlstm_gates.cpp"
+#include "cpu/stlstm_memory.cpp"
+#include "cpu/stlstm_output.cpp"
 #endif

@@ -104,11 +104,16 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
         const auto i = act(zi, hard), f = act(zf, hard), g = tanh(zg), o_ = act(zo, hard);
         const auto cn = f * cv + i * g;
         const auto tc = tanh(cn);
-        const auto dh = has_dh ? load<T>(dh_in, j, n) : zero;
+        // An output without a gradient contributes no term (not a zero product, which would
+        // turn an inf or NaN on that path into NaN where eager autograd never runs the path).
         auto dcn = has_dcn ? load<T>(dcn_in, j, n) : zero;
-        const auto dzo = act_backward(dh * tc, zo, o_, hard);
-        dcn = dcn + dh * o_ * (one - tc * tc);
-        if (has_peep) dcn = dcn + dzo * load<T>(w[2], j, n);
+        auto dzo = zero;
+        if (has_dh) {
+          const auto dh = load<T>(dh_in, j, n);
+          dzo = act_backward(dh * tc, zo, o_, hard);
+          dcn = has_dcn ? dcn + dh * o_ * (one - tc * tc) : dh * o_ * (one - tc * tc);
+        }
+        if (has_peep && has_dh) dcn = dcn + dzo * load<T>(w[2], j, n);
         const auto dzi = act_backward(dcn * g, zi, i, hard);
         const auto dzf = act_backward(dcn * cv, zf, f, hard);
         const auto dzg = dcn * i * (one - g * g);

@@ -10,73 +10,24 @@
 // reachable offset fits, else int64) and the gate activation. Optional inputs are uniform runtime
 // branches on null pointers (warp-uniform, no divergence), which keeps the instantiation count at
 // 6 x 2 x 2 per direction. Math is in float (double for float64); loads convert, stores round once.
+// The helpers shared with the other pointwise kernels (loads/stores, DivMod, Layout, int32 fit,
+// dtype dispatch, launch checks) are in common.cuh.
 #include "convlstm_gates.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "common.cuh"
 
-#include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <limits>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 
 namespace predkern {
 namespace convlstm_cuda {
 
-#if defined(__CUDACC__)
-#define PK_HD __host__ __device__ __forceinline__
-#else
-#define PK_HD inline
-#endif
-
-constexpr int kThreads = 256;
+using namespace cuda_detail;
 
 // ---------------------------------------------------------------------------------------------
-// Scalar helpers: opmath type, load-convert, round-once store, activations.
+// Gate activations (sigmoid or Keras hard sigmoid).
 // ---------------------------------------------------------------------------------------------
-template <typename G>
-using OpMath = typename std::conditional<std::is_same<G, double>::value, double, float>::type;
-
-PK_HD float to_op(float x) { return x; }
-PK_HD double to_op(double x) { return x; }
-PK_HD float to_op(__half x) { return __half2float(x); }
-PK_HD float to_op(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T, typename X>
-PK_HD T load(const X* p) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<T>(to_op(__ldg(p)));  // inputs are read-only for the kernel's lifetime
-#else
-  return static_cast<T>(to_op(*p));
-#endif
-}
-
-template <typename X> struct Store;
-template <> struct Store<float> {
-  PK_HD static void put(float* p, float v) { *p = v; }
-};
-template <> struct Store<double> {
-  PK_HD static void put(double* p, double v) { *p = v; }
-};
-template <> struct Store<__half> {
-  PK_HD static void put(__half* p, float v) { *p = __float2half_rn(v); }
-};
-template <> struct Store<__nv_bfloat16> {
-  PK_HD static void put(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-};
-
-template <typename X, typename T>
-PK_HD void store(X* p, T v) { Store<X>::put(p, v); }
-
-PK_HD float op_exp(float x) { return expf(x); }
-PK_HD double op_exp(double x) { return exp(x); }
-PK_HD float op_tanh(float x) { return tanhf(x); }
-PK_HD double op_tanh(double x) { return tanh(x); }
-
 // 0.2*x + 0.5 without fma contraction, so the clamp boundaries (x = +-2.5) land exactly where
 // eager PyTorch puts them (a mul then an add, each rounded).
 PK_HD float hard_t(float x) {
@@ -99,7 +50,7 @@ PK_HD double hard_t(double x) {
 template <typename T, int ACT>
 PK_HD T act(T z) {
   if (ACT == static_cast<int>(GateAct::Sigmoid)) {
-    return T(1) / (T(1) + op_exp(-z));
+    return sigmoid(z);
   } else {
     const T t = hard_t(z);
     return t < T(0) ? T(0) : (t > T(1) ? T(1) : t);  // NaN propagates (no fmin/fmax)
@@ -118,104 +69,6 @@ PK_HD T act_backward(T grad, T z, T a) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Index helpers.
-// ---------------------------------------------------------------------------------------------
-// n -> (n / d, n % d). The int32 flavour uses a multiply-high by a magic number (PyTorch's
-// IntDivider); valid for 0 <= n < 2^31 and 1 <= d < 2^31.
-template <typename I> struct DivMod;
-
-template <> struct DivMod<int32_t> {
-  uint32_t d = 1, m = 1, sh = 0;
-  DivMod() = default;
-  explicit DivMod(int64_t div) : d(static_cast<uint32_t>(div)) {
-    for (sh = 0; sh < 32; ++sh)
-      if ((uint64_t{1} << sh) >= d) break;
-    const uint64_t magic = ((uint64_t{1} << 32) * ((uint64_t{1} << sh) - d)) / d + 1;
-    m = static_cast<uint32_t>(magic);
-  }
-  PK_HD void divmod(int32_t n, int32_t& q, int32_t& r) const {
-    const uint32_t un = static_cast<uint32_t>(n);
-#if defined(__CUDA_ARCH__)
-    const uint32_t t = __umulhi(un, m);
-#else
-    const uint32_t t = static_cast<uint32_t>((static_cast<uint64_t>(un) * m) >> 32);
-#endif
-    const uint32_t uq = (t + un) >> sh;
-    q = static_cast<int32_t>(uq);
-    r = static_cast<int32_t>(un - uq * d);
-  }
-};
-
-template <> struct DivMod<int64_t> {
-  int64_t d = 1;
-  DivMod() = default;
-  explicit DivMod(int64_t div) : d(div) {}
-  PK_HD void divmod(int64_t n, int64_t& q, int64_t& r) const {
-    q = n / d;
-    r = n - q * d;
-  }
-};
-
-template <typename I>
-struct Str {
-  I sb = 0, sc = 0, ss = 0;
-  PK_HD I at(I b, I ch, I s) const { return b * sb + ch * sc + s * ss; }
-};
-
-template <typename I>
-Str<I> make_str(const View3& v) {
-  Str<I> r;
-  r.sb = static_cast<I>(v.sb);
-  r.sc = static_cast<I>(v.sc);
-  r.ss = static_cast<I>(v.ss);
-  return r;
-}
-
-// The flat-index decomposition shared by both kernels.
-template <typename I>
-struct Layout {
-  DivMod<I> fast, mid;  // sizes of the fastest and the middle dims
-  bool chan_fast = false;
-  PK_HD void decompose(I idx, I& b, I& ch, I& s) const {
-    I q, r0, r1;
-    fast.divmod(idx, q, r0);
-    mid.divmod(q, b, r1);
-    ch = chan_fast ? r0 : r1;
-    s = chan_fast ? r1 : r0;
-  }
-};
-
-// Channels vary fastest when their stride in the output is the smaller one (channels_last), or
-// when there is a single spatial position (plain LSTM); else space varies fastest (NCHW).
-template <typename I>
-Layout<I> make_layout(int64_t C, int64_t S, const View3& out) {
-  bool chan_fast;
-  if (S == 1)
-    chan_fast = true;
-  else if (C == 1)
-    chan_fast = false;
-  else
-    chan_fast = std::llabs(static_cast<long long>(out.sc)) <
-                std::llabs(static_cast<long long>(out.ss));
-  Layout<I> l;
-  l.chan_fast = chan_fast;
-  l.fast = DivMod<I>(chan_fast ? C : S);
-  l.mid = DivMod<I>(chan_fast ? S : C);
-  return l;
-}
-
-// Largest |offset| reachable in a view of the given sizes (double: no overflow on silly strides).
-inline double reach(const View3& v, int64_t nb, int64_t nc, int64_t ns) {
-  if (v.ptr == nullptr) return 0.0;
-  auto term = [](int64_t n, int64_t st) {
-    return n > 1 ? static_cast<double>(n - 1) * std::fabs(static_cast<double>(st)) : 0.0;
-  };
-  return term(nb, v.sb) + term(nc, v.sc) + term(ns, v.ss);
-}
-
-constexpr double kI32Max = static_cast<double>(std::numeric_limits<int32_t>::max());
-
 inline void check_slots(const int (&slot_block)[4], const char* who) {
   int seen = 0;
   for (int k = 0; k < 4; ++k) {
@@ -223,20 +76,6 @@ inline void check_slots(const int (&slot_block)[4], const char* who) {
       throw std::runtime_error(std::string(who) + ": slot_block must be a permutation of 0..3");
     seen |= 1 << slot_block[k];
   }
-}
-
-inline void check_launch(const char* who) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess)
-    throw std::runtime_error(std::string(who) + ": CUDA kernel launch failed: " +
-                             cudaGetErrorString(err));
-}
-
-inline unsigned int grid_for(int64_t n) {
-  int64_t blocks = (n + kThreads - 1) / kThreads;
-  const int64_t cap = std::numeric_limits<int32_t>::max();  // gridDim.x limit; the loop covers the rest
-  if (blocks > cap) blocks = cap;
-  return static_cast<unsigned int>(blocks);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -367,15 +206,10 @@ void launch_fwd_i(const ConvLSTMGatesForward& p, cudaStream_t stream) {
 
 inline bool fwd_fits_i32(const ConvLSTMGatesForward& p) {
   const int64_t B = p.B, C = p.C, S = p.S;
-  const double n4 = static_cast<double>(B) * 4.0 * static_cast<double>(C) * static_cast<double>(S);
-  if (n4 > kI32Max) return false;
-  const double r[] = {
-      reach(p.gates_x, B, 4 * C, S), reach(p.gates_h, B, 4 * C, S), reach(p.c, B, C, S),
-      reach(p.bias, 1, 4 * C, 1),    reach(p.peephole, 3, C, S),    reach(p.h_new, B, C, S),
-      reach(p.c_new, B, C, S),       reach(p.pre_act, B, 4 * C, S)};
-  for (double x : r)
-    if (x > kI32Max) return false;
-  return true;
+  return fits_i32(stacked_numel(B, 4, C, S),
+                  {reach(p.gates_x, B, 4 * C, S), reach(p.gates_h, B, 4 * C, S), reach(p.c, B, C, S),
+                   reach(p.bias, 1, 4 * C, 1), reach(p.peephole, 3, C, S), reach(p.h_new, B, C, S),
+                   reach(p.c_new, B, C, S), reach(p.pre_act, B, 4 * C, S)});
 }
 
 template <typename G, typename S>
@@ -505,15 +339,10 @@ void launch_bwd_i(const ConvLSTMGatesBackward& p, cudaStream_t stream) {
 
 inline bool bwd_fits_i32(const ConvLSTMGatesBackward& p) {
   const int64_t B = p.B, C = p.C, S = p.S;
-  const double n4 = static_cast<double>(B) * 4.0 * static_cast<double>(C) * static_cast<double>(S);
-  if (n4 > kI32Max) return false;
-  const double r[] = {reach(p.grad_h, B, C, S),         reach(p.grad_c_new, B, C, S),
-                      reach(p.pre_act, B, 4 * C, S),    reach(p.c, B, C, S),
-                      reach(p.peephole, 3, C, S),       reach(p.grad_gates, B, 4 * C, S),
-                      reach(p.grad_c, B, C, S)};
-  for (double x : r)
-    if (x > kI32Max) return false;
-  return true;
+  return fits_i32(stacked_numel(B, 4, C, S),
+                  {reach(p.grad_h, B, C, S), reach(p.grad_c_new, B, C, S),
+                   reach(p.pre_act, B, 4 * C, S), reach(p.c, B, C, S), reach(p.peephole, 3, C, S),
+                   reach(p.grad_gates, B, 4 * C, S), reach(p.grad_c, B, C, S)});
 }
 
 template <typename G, typename S>
@@ -522,36 +351,6 @@ void launch_bwd(const ConvLSTMGatesBackward& p, cudaStream_t stream) {
     launch_bwd_i<G, S, int32_t>(p, stream);
   else
     launch_bwd_i<G, S, int64_t>(p, stream);
-}
-
-// ---------------------------------------------------------------------------------------------
-// dtype dispatch.
-// ---------------------------------------------------------------------------------------------
-template <typename P, typename F>
-void dispatch_dtypes(const P& p, const char* who, F&& f) {
-  const DType g = p.gate_dtype, s = p.state_dtype;
-  if (g == DType::Float32 && s == DType::Float32)
-    f(float{}, float{});
-  else if (g == DType::Float64 && s == DType::Float64)
-    f(double{}, double{});
-  else if (g == DType::Float16 && s == DType::Float16)
-    f(__half{}, __half{});
-  else if (g == DType::BFloat16 && s == DType::BFloat16)
-    f(__nv_bfloat16{}, __nv_bfloat16{});
-  else if (g == DType::Float16 && s == DType::Float32)
-    f(__half{}, float{});
-  else if (g == DType::BFloat16 && s == DType::Float32)
-    f(__nv_bfloat16{}, float{});
-  else
-    throw std::runtime_error(std::string(who) + ": unsupported (gate dtype, state dtype) pair (" +
-                             std::to_string(static_cast<int>(g)) + ", " +
-                             std::to_string(static_cast<int>(s)) + ")");
-}
-
-inline bool empty_or_bad(int64_t B, int64_t C, int64_t S, const char* who) {
-  if (B < 0 || C < 0 || S < 0)
-    throw std::runtime_error(std::string(who) + ": negative size");
-  return B == 0 || C == 0 || S == 0;
 }
 
 }  // namespace convlstm_cuda
@@ -565,7 +364,7 @@ void convlstm_gates_forward_cuda(const ConvLSTMGatesForward& p, void* stream) {
       p.c_new.ptr == nullptr)
     throw std::runtime_error(std::string(who) + ": gates_x, c, h_new and c_new are required");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtypes(p, who, [&](auto g, auto s) {
+  dispatch_dtype_pair(p.gate_dtype, p.state_dtype, who, [&](auto g, auto s) {
     launch_fwd<decltype(g), decltype(s)>(p, st);
   });
 }
@@ -580,7 +379,7 @@ void convlstm_gates_backward_cuda(const ConvLSTMGatesBackward& p, void* stream) 
     throw std::runtime_error(std::string(who) +
                              ": pre_act, c, grad_gates and grad_c are required");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
-  dispatch_dtypes(p, who, [&](auto g, auto s) {
+  dispatch_dtype_pair(p.gate_dtype, p.state_dtype, who, [&](auto g, auto s) {
     launch_bwd<decltype(g), decltype(s)>(p, st);
   });
 }

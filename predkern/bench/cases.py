@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from predkern import backends, ops, reference
 
@@ -26,7 +28,7 @@ class Case:
     make_inputs: Callable            # (device, dtype, requires_grad, generator) -> dict of tensors
     eager: Callable                  # the op written as eager PyTorch (predkern.reference)
     fused: Callable                  # predkern's public op
-    min_bytes: int                   # the fewest bytes a fused forward can move (DESIGN.md)
+    min_bytes: int | None            # the fewest bytes a fused forward can move (DESIGN.md)
     outputs: Callable = staticmethod(lambda out: out)  # the differentiable outputs of a call
 
     @property
@@ -58,18 +60,87 @@ CONVLSTM_SHAPES = {
     "mnist": (16, 128, 16, 16),     # Moving MNIST ConvLSTM/PredRNN config
     "large": (16, 128, 64, 64),
 }
+
+
+def _rand_inputs(shapes: dict, weights=()):
+    """make_inputs for named random tensors; `weights` are scaled like a conv's default init."""
+    def make(device, dtype, requires_grad, generator):
+        out = {}
+        for name, shape in shapes.items():
+            t = torch.randn(*shape, generator=generator)
+            if name in weights:
+                t = t / math.sqrt(math.prod(shape[1:]))
+            out[name] = t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+        return out
+    return make
+
+
+def _stlstm_cases(shape_name, B, C, H, W, k):
+    S = (H, W)
+    memory = Case("stlstm_memory", shape_name, dict(B=B, C=C, H=H, W=W),
+                  _rand_inputs({"x_cat": (B, 7 * C, *S), "h_cat": (B, 4 * C, *S), "m_cat": (B, 3 * C, *S),
+                                "c": (B, C, *S), "m": (B, C, *S)}),
+                  eager=reference.stlstm_memory, fused=ops.stlstm_memory,
+                  # reads x (6 of 7 blocks), h (3 of 4), m_cat (3), c, m; writes mem (2), deltas (2)
+                  min_bytes=18 * B * C * H * W * 4)
+    output = Case("stlstm_output", shape_name, dict(B=B, C=C, H=H, W=W),
+                  _rand_inputs({"x_cat": (B, 7 * C, *S), "h_cat": (B, 4 * C, *S), "o_conv": (B, C, *S),
+                                "last_conv": (B, C, *S)}),
+                  eager=reference.stlstm_output, fused=ops.stlstm_output,
+                  min_bytes=5 * B * C * H * W * 4)  # reads x_o, h_o, o_conv, last_conv; writes h
+    cell = Case("stlstm_cell", shape_name, dict(B=B, C=C, H=H, W=W, k=k),
+                _rand_inputs({"x": (B, C, *S), "h": (B, C, *S), "c": (B, C, *S), "m": (B, C, *S),
+                              "w_x": (7 * C, C, k, k), "w_h": (4 * C, C, k, k), "w_m": (3 * C, C, k, k),
+                              "w_o": (C, 2 * C, k, k), "w_last": (C, 2 * C, 1, 1)},
+                             weights=("w_x", "w_h", "w_m", "w_o", "w_last")),
+                eager=stlstm_cell_eager, fused=stlstm_cell_fused, min_bytes=None)
+    return [memory, output, cell]
+
+
+def stlstm_cell_eager(x, h, c, m, w_x, w_h, w_m, w_o, w_last):
+    """One PredRNN-V2 ST-LSTM cell step (thuml), convolutions included, in eager PyTorch."""
+    p = w_x.shape[-1] // 2
+    x_cat, h_cat, m_cat = F.conv2d(x, w_x, padding=p), F.conv2d(h, w_h, padding=p), F.conv2d(m, w_m, padding=p)
+    mem, delta_c, delta_m = reference.stlstm_memory(x_cat, h_cat, m_cat, c, m)
+    h_new = reference.stlstm_output(x_cat, h_cat, F.conv2d(mem, w_o, padding=p), F.conv2d(mem, w_last))
+    C = c.shape[1]
+    return h_new, mem[:, :C], mem[:, C:], delta_c, delta_m
+
+
+def stlstm_cell_fused(x, h, c, m, w_x, w_h, w_m, w_o, w_last):
+    """The same step on predkern's two stages, with conv_o and conv_last run as one conv."""
+    p = w_x.shape[-1] // 2
+    x_cat, h_cat, m_cat = F.conv2d(x, w_x, padding=p), F.conv2d(h, w_h, padding=p), F.conv2d(m, w_m, padding=p)
+    mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c, m)
+    w_both = torch.cat([w_o, F.pad(w_last, (p, p, p, p))], dim=0)
+    o_conv, last_conv = F.conv2d(mem, w_both, padding=p).chunk(2, dim=1)
+    C = c.shape[1]
+    return ops.stlstm_output(x_cat, h_cat, o_conv, last_conv), mem[:, :C], mem[:, C:], delta_c, delta_m
+
+
+# name -> (B, C, H, W, kernel size)
+STLSTM_SHAPES = {
+    "tiny": (1, 4, 4, 4, 3),
+    "small": (4, 16, 16, 16, 5),
+    "mnist": (16, 128, 16, 16, 5),  # PredRNN Moving MNIST config
+    "kth": (4, 128, 32, 32, 5),     # PredRNN KTH config
+}
+OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell")
 DEFAULT_SHAPES = ("tiny", "small")
-FULL_SHAPES = ("tiny", "mnist", "large")
+FULL_SHAPES = ("tiny", "mnist", "large", "kth")
 
 
 def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
-    out = []
-    if op_names is None or "convlstm_gates" in op_names:
-        unknown = set(shapes) - set(CONVLSTM_SHAPES)
-        if unknown:
-            raise ValueError(f"unknown shapes {sorted(unknown)}; known: {sorted(CONVLSTM_SHAPES)}")
-        out += [_convlstm_case(s, *CONVLSTM_SHAPES[s]) for s in shapes]
-    return out
+    """The cases of `op_names` (default all) at those of `shapes` each op defines."""
+    unknown = set(shapes) - set(CONVLSTM_SHAPES) - set(STLSTM_SHAPES)
+    if unknown:
+        raise ValueError(f"unknown shapes {sorted(unknown)}; known: {sorted({*CONVLSTM_SHAPES, *STLSTM_SHAPES})}")
+    unknown_ops = set(op_names or ()) - set(OPS)
+    if unknown_ops:
+        raise ValueError(f"unknown ops {sorted(unknown_ops)}; known: {OPS}")
+    out = [_convlstm_case(s, *CONVLSTM_SHAPES[s]) for s in shapes if s in CONVLSTM_SHAPES]
+    out += [c for s in shapes if s in STLSTM_SHAPES for c in _stlstm_cases(s, *STLSTM_SHAPES[s])]
+    return [c for c in out if op_names is None or c.op in op_names]
 
 
 def contenders(device_type: str, requested_backends=None) -> list[str]:

@@ -72,10 +72,10 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0) -> 
     for case, mode in jobs:
         progress.step(f"{case.name} {mode}: {', '.join(names)}")
         results += runner.run_group(case, names, mode, device, budget_s=budget_s * len(names))
-    clone = {c.name: runner.clone_median_s(c.min_bytes, device) for c in selected}
+    clone = {c.name: runner.clone_median_s(c.min_bytes, device) for c in selected if c.min_bytes}
     for r in results:
-        if r["status"] == "ok" and r["mode"] == "forward":
-            case = next(c for c in selected if c.name == r["case"])
+        case = next(c for c in selected if c.name == r["case"])
+        if r["status"] == "ok" and r["mode"] == "forward" and case.min_bytes:
             r["gbps"] = case.min_bytes / r["median_s"] / 1e9
             r["clone_gbps"] = case.min_bytes / clone[r["case"]] / 1e9
     return {"environment": environment(device), "backends": backends.status(), "results": results}

@@ -1,4 +1,6 @@
 """The predkern ops: argument checks, backend dispatch and autograd, one file per op."""
 from predkern.ops.convlstm_gates import convlstm_gates
+from predkern.ops.stlstm_memory import stlstm_memory
+from predkern.ops.stlstm_output import stlstm_output
 
-__all__ = ["convlstm_gates"]
+__all__ = ["convlstm_gates", "stlstm_memory", "stlstm_output"]

@@ -42,3 +42,12 @@ def state_dtype(op: str, name: str, state: torch.Tensor, gates: torch.Tensor) ->
 def choice(op: str, name: str, value, allowed, hint: str = "") -> None:
     if value not in allowed:
         raise ValueError(f"{op}: `{name}` must be {hint or 'one of ' + repr(tuple(allowed))}, got {value!r}")
+
+
+def stacked(op: str, name: str, t: torch.Tensor, k: int, blocks: str) -> int:
+    """`t` is (B, k*C, *spatial); returns C."""
+    if t.dim() < 2:
+        raise ValueError(f"{op}: `{name}` must have shape (B, {k}*C, *spatial), got {t.dim()} dims {list(t.shape)}")
+    if t.shape[1] % k:
+        raise ValueError(f"{op}: `{name}`.size(1) must be a multiple of the {k} {blocks}, got {t.shape[1]}")
+    return t.shape[1] // k

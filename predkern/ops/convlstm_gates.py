@@ -5,15 +5,15 @@ autograd, see csrc/convlstm_gates.cpp) and triton (custom ops below, Python auto
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
 
 from predkern import backends, reference
 from predkern.ops import _checks
+from predkern.ops._tensors import as3 as _as3
+from predkern.ops._tensors import empty as _empty
 
 OP = "convlstm_gates"
 
@@ -90,11 +90,6 @@ def _slot_blocks(gate_order: str) -> tuple[int, int, int, int]:
     return tuple(gate_order.index(g) for g in "ifgo")
 
 
-def _empty(shape, like: Tensor, dtype: torch.dtype) -> Tensor:
-    """An output that follows `like`'s memory format (as the C++ kernels allocate theirs)."""
-    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=suggest_memory_format(like))
-
-
 def _state_shape(gates: Tensor):
     return (gates.shape[0], gates.shape[1] // 4, *gates.shape[2:])
 
@@ -138,11 +133,6 @@ if backends._extension_error() is None:
 
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/convlstm_gates.py ----
-
-def _as3(t: Optional[Tensor]) -> Optional[Tensor]:
-    """(B, k*C, *spatial) as (B, k*C, S): a view whenever the spatial dims flatten, else a copy."""
-    return None if t is None else t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
-
 
 @torch.library.custom_op("predkern::convlstm_gates_triton", mutates_args=())
 def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias: Optional[Tensor],
@@ -191,6 +181,8 @@ def _(grad_h, grad_c_new, pre_act, c, peephole, gate_dtype, gate_order, gate_act
 
 
 def _triton_setup_context(ctx, inputs, output):
+    # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
+    ctx.set_materialize_grads(False)
     gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_pre_act = inputs
     h_new, c_new, pre_act = output
     if not save_pre_act:

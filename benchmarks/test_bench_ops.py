@@ -1,7 +1,7 @@
 """pytest-benchmark suite over the very cases `predkern bench` runs (predkern/bench/cases.py).
 
     pytest benchmarks/ --benchmark-only --benchmark-group-by=param:case,param:mode
-Shapes: PREDKERN_BENCH_SHAPES (comma-separated, default: tiny,mnist,large).
+Shapes: PREDKERN_BENCH_SHAPES (comma-separated, default: the --full set); ops: PREDKERN_BENCH_OPS.
 """
 import os
 
@@ -12,13 +12,14 @@ from predkern.bench import cases, runner
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = os.environ.get("PREDKERN_BENCH_SHAPES", ",".join(cases.FULL_SHAPES)).split(",")
-CASES = cases.cases(SHAPES, ["convlstm_gates"])
+OPS = os.environ.get("PREDKERN_BENCH_OPS")
+CASES = cases.cases(SHAPES, OPS.split(",") if OPS else None)
 
 
 @pytest.mark.parametrize("contender", cases.contenders(torch.device(DEVICE).type))
 @pytest.mark.parametrize("mode", cases.MODES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_convlstm_gates(benchmark, case, mode, contender):
+def test_op(benchmark, case, mode, contender):
     device = torch.device(DEVICE)
     gen = torch.Generator().manual_seed(0)
     sets = [case.make_inputs(device, torch.float32, mode != "forward", gen) for _ in range(3)]

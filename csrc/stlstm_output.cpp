@@ -1,0 +1,182 @@
+// stlstm_output for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of the
+// schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 2, stage 2).
+#include <torch/autograd.h>
+#include <torch/library.h>
+#ifdef PREDKERN_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
+#include "common.h"
+#include "stlstm_output.h"
+
+namespace predkern {
+namespace {
+
+constexpr const char* kOp = "stlstm_output";
+
+void check_inputs(const Tensor& x, const Tensor& h, const Tensor& oc, const Tensor& lc) {
+  check_tensor(kOp, x, "x_cat", x);
+  const int64_t C = check_stacked(kOp, x, "x_cat", 7, "blocks (i, f, g, i', f', g', o)");
+  check_tensor(kOp, h, "h_cat", x);
+  check_shape(kOp, h, "h_cat", with_channels(x, 4 * C), "(B, 4*C, *spatial)");
+  check_dtype(kOp, h, "h_cat", x.scalar_type(), "x_cat");
+  for (const auto& [t, name] : {std::pair{&oc, "o_conv"}, std::pair{&lc, "last_conv"}}) {
+    check_tensor(kOp, *t, name, x);
+    check_shape(kOp, *t, name, with_channels(x, C), "(B, C, *spatial) with C = x_cat.size(1) / 7");
+    check_dtype(kOp, *t, name, x.scalar_type(), "x_cat");
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const Tensor& h, const Tensor& oc,
+                                                const Tensor& lc, bool save) {
+  check_inputs(x, h, oc, lc);
+  STLSTMOutputForward p;
+  p.B = x.size(0);
+  p.C = x.size(1) / 7;
+  p.S = spatial_numel(x);
+  p.dtype = dtype_of(x.scalar_type());
+  const auto h_new = empty_like_format(oc.sizes(), x, x.scalar_type());
+  const auto pre_o = save ? empty_like_format(oc.sizes(), x, x.scalar_type()) : Tensor();
+  const auto tanh_last = save ? empty_like_format(oc.sizes(), x, x.scalar_type()) : Tensor();
+  if (h_new.numel() == 0) return {h_new, pre_o, tanh_last};
+  Tensor k[7];
+  p.x_cat = view3(x, p.S, k[0]);
+  p.h_cat = view3(h, p.S, k[1]);
+  p.o_conv = view3(oc, p.S, k[2]);
+  p.last_conv = view3(lc, p.S, k[3]);
+  p.h_new = view3(h_new, p.S, k[4]);
+  if (save) {
+    p.pre_o = view3(pre_o, p.S, k[5]);
+    p.tanh_last = view3(tanh_last, p.S, k[6]);
+  }
+  if (x.is_cuda()) {
+#ifdef PREDKERN_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(x.device());
+    stlstm_output_forward_cuda(p, current_stream(x));
+#endif
+  } else {
+    stlstm_output_forward_cpu(p);
+  }
+  return {h_new, pre_o, tanh_last};
+}
+
+std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& x, const Tensor& h,
+                                                  const Tensor& oc, const Tensor& lc) {
+  return forward_impl(x, h, oc, lc, /*save=*/true);
+}
+
+// The public op below autograd (inference): nothing is saved for backward.
+Tensor inference_kernel(const Tensor& x, const Tensor& h, const Tensor& oc, const Tensor& lc) {
+  return std::get<0>(forward_impl(x, h, oc, lc, /*save=*/false));
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_h,
+                                                           const Tensor& pre_o,
+                                                           const Tensor& tanh_last) {
+  check_tensor(kOp, pre_o, "pre_o", pre_o);
+  TORCH_CHECK_VALUE(pre_o.dim() >= 2, kOp, ": `pre_o` must have shape (B, C, *spatial), got ",
+                    pre_o.sizes());
+  for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"}, std::pair{&tanh_last, "tanh_last"}}) {
+    check_tensor(kOp, *t, name, pre_o);
+    check_shape(kOp, *t, name, pre_o.sizes(), "pre_o.shape");
+    check_dtype(kOp, *t, name, pre_o.scalar_type(), "pre_o");
+  }
+  STLSTMOutputBackward p;
+  p.B = pre_o.size(0);
+  p.C = pre_o.size(1);
+  p.S = spatial_numel(pre_o);
+  p.dtype = dtype_of(pre_o.scalar_type());
+  const auto dt = pre_o.scalar_type();
+  const auto grad_x = empty_like_format(with_channels(pre_o, 7 * p.C), pre_o, dt);
+  const auto grad_hc = empty_like_format(with_channels(pre_o, 4 * p.C), pre_o, dt);
+  const auto grad_oc = empty_like_format(pre_o.sizes(), pre_o, dt);
+  const auto grad_lc = empty_like_format(pre_o.sizes(), pre_o, dt);
+  if (grad_oc.numel() == 0) return {grad_x, grad_hc, grad_oc, grad_lc};
+  Tensor k[7];
+  p.grad_h = view3(grad_h, p.S, k[0]);
+  p.pre_o = view3(pre_o, p.S, k[1]);
+  p.tanh_last = view3(tanh_last, p.S, k[2]);
+  p.grad_x_cat = view3(grad_x, p.S, k[3]);
+  p.grad_h_cat = view3(grad_hc, p.S, k[4]);
+  p.grad_o_conv = view3(grad_oc, p.S, k[5]);
+  p.grad_last_conv = view3(grad_lc, p.S, k[6]);
+  if (pre_o.is_cuda()) {
+#ifdef PREDKERN_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(pre_o.device());
+    stlstm_output_backward_cuda(p, current_stream(pre_o));
+#endif
+  } else {
+    stlstm_output_backward_cpu(p);
+  }
+  return {grad_x, grad_hc, grad_oc, grad_lc};
+}
+
+class STLSTMOutputFunction : public torch::autograd::Function<STLSTMOutputFunction> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const Tensor& x, const Tensor& h,
+                                                const Tensor& oc, const Tensor& lc) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("predkern::stlstm_output_forward", "")
+                               .typed<decltype(forward_kernel)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [h_new, pre_o, tanh_last] = op.call(x, h, oc, lc);
+    // Saved: the o gate's argument and tanh(last_conv), C each like eager's o and tanh(last).
+    ctx->save_for_backward({pre_o, tanh_last});
+    return {h_new};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("predkern::stlstm_output_backward", "")
+                               .typed<decltype(backward_kernel)>();
+    const auto saved = ctx->get_saved_variables();
+    auto [gx, gh, goc, glc] = op.call(grads[0], saved[0], saved[1]);
+    return {gx, gh, goc, glc};
+  }
+};
+
+Tensor autograd_kernel(const Tensor& x, const Tensor& h, const Tensor& oc, const Tensor& lc) {
+  const bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || h.requires_grad() ||
+                                                         oc.requires_grad() || lc.requires_grad());
+  if (!needs_grad) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("predkern::stlstm_output", "")
+                               .typed<decltype(inference_kernel)>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return op.call(x, h, oc, lc);
+  }
+  return STLSTMOutputFunction::apply(x, h, oc, lc)[0];
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(predkern, Autograd, m) { m.impl("stlstm_output", &autograd_kernel); }
+
+TORCH_LIBRARY_IMPL(predkern, CPU, m) {
+  m.impl("stlstm_output", &inference_kernel);
+  m.impl("stlstm_output_forward", &forward_kernel);
+  m.impl("stlstm_output_backward", &backward_kernel);
+}
+
+// Sparse inputs reach these kernels only to be refused by check_inputs, naming the argument.
+TORCH_LIBRARY_IMPL(predkern, SparseCPU, m) {
+  m.impl("stlstm_output", &inference_kernel);
+  m.impl("stlstm_output_forward", &forward_kernel);
+}
+
+#ifdef PREDKERN_WITH_CUDA
+TORCH_LIBRARY_IMPL(predkern, SparseCUDA, m) {
+  m.impl("stlstm_output", &inference_kernel);
+  m.impl("stlstm_output_forward", &forward_kernel);
+}
+
+TORCH_LIBRARY_IMPL(predkern, CUDA, m) {
+  m.impl("stlstm_output", &inference_kernel);
+  m.impl("stlstm_output_forward", &forward_kernel);
+  m.impl("stlstm_output_backward", &backward_kernel);
+}
+#endif
+
+}  // namespace predkern

@@ -1,0 +1,170 @@
+"""stlstm_memory: PredRNN ST-LSTM stage 1, the two memories c' and m' (SPEC.md section 2).
+
+Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.stlstm_memory, C++
+autograd, see csrc/stlstm_memory.cpp) and triton (custom ops below, Python autograd).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from predkern import backends, reference
+from predkern.ops import _checks
+from predkern.ops._tensors import as3, empty, with_channels
+
+OP = "stlstm_memory"
+X_BLOCKS = "blocks (i, f, g, i', f', g', o)"
+
+
+def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Tensor, *,
+                  forget_bias: float = 1.0, return_deltas: bool = True
+                  ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """PredRNN's ST-LSTM memories, fused: returns ``(mem, delta_c, delta_m)``.
+
+    x_cat: (B, 7C, *spatial) conv_x output, blocks i, f, g, i', f', g', o; h_cat: (B, 4C, ...)
+    conv_h output, blocks i, f, g, o; m_cat: (B, 3C, ...) conv_m output, blocks i', f', g';
+    c, m: (B, C, ...) the temporal and spatiotemporal memories. ``mem`` (B, 2C, ...) holds c' and
+    m' side by side (the input of conv_o / conv_last), written directly. ``delta_c = i*g`` and
+    ``delta_m = i'*g'`` (PredRNN-V2's decoupling loss) are None unless ``return_deltas``.
+    """
+    if not isinstance(x_cat, Tensor):
+        _checks.tensor(OP, "x_cat", x_cat)
+    backend = backends.select(x_cat.device.type)
+    if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
+        mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), bool(return_deltas))
+    else:
+        _check(x_cat, h_cat, m_cat, c, m, forget_bias)
+        if backend == "reference":
+            return reference.stlstm_memory(x_cat, h_cat, m_cat, c, m, forget_bias=forget_bias,
+                                           return_deltas=return_deltas)
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_cat, h_cat, m_cat, c, m))
+        mem, delta_c, delta_m, _ = torch.ops.predkern.stlstm_memory_triton(
+            x_cat, h_cat, m_cat, c, m, float(forget_bias), bool(return_deltas), save)
+    return (mem, delta_c, delta_m) if return_deltas else (mem, None, None)
+
+
+def _float(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(value).__name__}")
+    return float(value)
+
+
+def _check(x_cat, h_cat, m_cat, c, m, forget_bias) -> None:
+    _checks.tensor(OP, "x_cat", x_cat)
+    C = _checks.stacked(OP, "x_cat", x_cat, 7, X_BLOCKS)
+    for name, t, k in (("h_cat", h_cat, 4), ("m_cat", m_cat, 3)):
+        _checks.tensor(OP, name, t, x_cat)
+        _checks.shape(OP, name, t, with_channels(x_cat, k * C), f"(B, {k}*C, *spatial)")
+        _checks.dtype(OP, name, t, x_cat.dtype, "x_cat")
+    for name, t in (("c", c), ("m", m)):
+        _checks.tensor(OP, name, t, x_cat)
+        _checks.shape(OP, name, t, with_channels(x_cat, C), "(B, C, *spatial) with C = x_cat.size(1) / 7")
+    _checks.state_dtype(OP, "c", c, x_cat)
+    _checks.dtype(OP, "m", m, c.dtype, "c")
+    _float(forget_bias)
+
+
+def _outputs(x_cat, c, return_deltas, save):
+    C = x_cat.shape[1] // 7
+
+    def delta():  # an empty placeholder when not asked for (a schema cannot return None)
+        if return_deltas:
+            return empty(with_channels(x_cat, C), x_cat, x_cat.dtype)
+        return torch.empty((0,), dtype=x_cat.dtype, device=x_cat.device)
+
+    pre_act = (empty(with_channels(x_cat, 6 * C), x_cat, c.dtype) if save
+               else torch.empty((0,), dtype=c.dtype, device=c.device))
+    return empty(with_channels(x_cat, 2 * C), x_cat, c.dtype), delta(), delta(), pre_act
+
+
+def _grads(pre_act, c, gate_dtype):
+    C = pre_act.shape[1] // 6
+    return (empty(with_channels(pre_act, 7 * C), pre_act, gate_dtype),
+            empty(with_channels(pre_act, 4 * C), pre_act, gate_dtype),
+            empty(with_channels(pre_act, 3 * C), pre_act, gate_dtype),
+            empty(c.shape, pre_act, c.dtype), empty(c.shape, pre_act, c.dtype))
+
+
+# Output shapes and layouts of the C++ ops, for torch.compile and opcheck. The fakes also run
+# when a meta tensor is mixed with real ones, so they check the arguments as the kernels do.
+if backends._extension_error() is None:
+    _cpp_op = torch.ops.predkern.stlstm_memory.default
+
+    @torch.library.register_fake("predkern::stlstm_memory")
+    def _(x_cat, h_cat, m_cat, c, m, forget_bias=1.0, return_deltas=True):
+        _check(x_cat, h_cat, m_cat, c, m, forget_bias)
+        return _outputs(x_cat, c, return_deltas, save=False)[:3]
+
+    @torch.library.register_fake("predkern::stlstm_memory_forward")
+    def _(x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas):
+        _check(x_cat, h_cat, m_cat, c, m, forget_bias)
+        return _outputs(x_cat, c, return_deltas, save=True)
+
+    @torch.library.register_fake("predkern::stlstm_memory_backward")
+    def _(grad_mem, grad_delta_c, grad_delta_m, pre_act, c, m, gate_dtype):
+        return _grads(pre_act, c, gate_dtype)
+
+
+# ---- triton backend: custom ops around the kernels in predkern/triton/stlstm_memory.py ----
+
+@torch.library.custom_op("predkern::stlstm_memory_triton", mutates_args=())
+def _triton_forward(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Tensor,
+                    forget_bias: float, return_deltas: bool, save_pre_act: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from predkern.triton import stlstm_memory as kernels
+
+    mem, delta_c, delta_m, pre_act = _outputs(x_cat, c, return_deltas, save_pre_act)
+    if mem.numel():
+        kernels.forward(as3(x_cat), as3(h_cat), as3(m_cat), as3(c), as3(m), as3(mem),
+                        as3(delta_c) if return_deltas else None, as3(delta_m) if return_deltas else None,
+                        as3(pre_act) if save_pre_act else None, forget_bias=forget_bias)
+    return mem, delta_c, delta_m, pre_act
+
+
+@_triton_forward.register_fake
+def _(x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_pre_act):
+    return _outputs(x_cat, c, return_deltas, save_pre_act)
+
+
+@torch.library.custom_op("predkern::stlstm_memory_triton_backward", mutates_args=())
+def _triton_backward(grad_mem: Optional[Tensor], grad_delta_c: Optional[Tensor],
+                     grad_delta_m: Optional[Tensor], pre_act: Tensor, c: Tensor, m: Tensor,
+                     gate_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    from predkern.triton import stlstm_memory as kernels
+
+    grads = _grads(pre_act, c, gate_dtype)
+    if c.numel():
+        kernels.backward(as3(grad_mem), as3(grad_delta_c), as3(grad_delta_m), as3(pre_act), as3(c), as3(m),
+                         *(as3(g) for g in grads))
+    return grads
+
+
+@_triton_backward.register_fake
+def _(grad_mem, grad_delta_c, grad_delta_m, pre_act, c, m, gate_dtype):
+    return _grads(pre_act, c, gate_dtype)
+
+
+def _triton_setup_context(ctx, inputs, output):
+    # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
+    ctx.set_materialize_grads(False)
+    x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_pre_act = inputs
+    if not save_pre_act:
+        raise RuntimeError(f"{OP}: the triton forward ran without saving for backward; "
+                           "call predkern.ops.stlstm_memory, which decides this")
+    ctx.save_for_backward(output[3], c, m)
+    ctx.gate_dtype, ctx.return_deltas = x_cat.dtype, return_deltas
+
+
+def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_pre_act):
+    pre_act, c, m = ctx.saved_tensors
+    if not ctx.return_deltas:
+        grad_delta_c = grad_delta_m = None
+    if grad_mem is None and grad_delta_c is None and grad_delta_m is None:
+        return (None,) * 8
+    grads = _triton_backward(grad_mem, grad_delta_c, grad_delta_m, pre_act, c, m, ctx.gate_dtype)
+    return (*grads, None, None, None)
+
+
+_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)

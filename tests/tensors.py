@@ -1,0 +1,35 @@
+"""Random test tensors in the layouts every op must handle (SPEC.md section 5)."""
+import torch
+
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def rand(shape, dtype=torch.float64, device="cpu", layout="contiguous", scale=1.5):
+    """contiguous; channels_last (4-D/5-D); or strided: a view cut from a wider tensor (a channel
+    slice and every other element of the last dim)."""
+    if layout == "strided" and len(shape) >= 3:
+        wide = list(shape)
+        wide[1] += 3
+        wide[-1] = 2 * shape[-1] + 1
+        t = (torch.randn(wide, dtype=torch.float64) * scale).narrow(1, 2, shape[1])[..., 1::2]
+    else:
+        t = torch.randn(shape, dtype=torch.float64) * scale
+    t = t.to(device=device, dtype=dtype)
+    if layout == "channels_last" and t.dim() in (4, 5):
+        t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
+    return t
+
+
+def expanded(shape, dtype=torch.float64, device="cpu", scale=1.5):
+    """One sample for the whole batch, as an expanded (batch stride 0) view."""
+    return rand((1, *shape[1:]), dtype, device, scale=scale).expand(shape)
+
+
+def float64_copy(x):
+    return {k: (v.detach().cpu().double() if isinstance(v, torch.Tensor) else v) for k, v in x.items()}
+
+
+def max_error_over_scale(got, ref):
+    if not ref.numel():
+        return 0.0
+    return (got.detach().double().cpu() - ref).abs().max().item() / max(1.0, ref.abs().max().item())
