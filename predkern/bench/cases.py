@@ -75,7 +75,7 @@ def _rand_inputs(shapes: dict, weights=()):
     return make
 
 
-def _stlstm_cases(shape_name, B, C, H, W, k):
+def _stlstm_cases(shape_name, B, C, H, W, k, Cin):
     S = (H, W)
     memory = Case("stlstm_memory", shape_name, dict(B=B, C=C, H=H, W=W),
                   _rand_inputs({"x_cat": (B, 7 * C, *S), "h_cat": (B, 4 * C, *S), "m_cat": (B, 3 * C, *S),
@@ -88,9 +88,9 @@ def _stlstm_cases(shape_name, B, C, H, W, k):
                                 "last_conv": (B, C, *S)}),
                   eager=reference.stlstm_output, fused=ops.stlstm_output,
                   min_bytes=5 * B * C * H * W * 4)  # reads x_o, h_o, o_conv, last_conv; writes h
-    cell = Case("stlstm_cell", shape_name, dict(B=B, C=C, H=H, W=W, k=k),
-                _rand_inputs({"x": (B, C, *S), "h": (B, C, *S), "c": (B, C, *S), "m": (B, C, *S),
-                              "w_x": (7 * C, C, k, k), "w_h": (4 * C, C, k, k), "w_m": (3 * C, C, k, k),
+    cell = Case("stlstm_cell", shape_name, dict(B=B, C=C, H=H, W=W, k=k, Cin=Cin),
+                _rand_inputs({"x": (B, Cin, *S), "h": (B, C, *S), "c": (B, C, *S), "m": (B, C, *S),
+                              "w_x": (7 * C, Cin, k, k), "w_h": (4 * C, C, k, k), "w_m": (3 * C, C, k, k),
                               "w_o": (C, 2 * C, k, k), "w_last": (C, 2 * C, 1, 1)},
                              weights=("w_x", "w_h", "w_m", "w_o", "w_last")),
                 eager=stlstm_cell_eager, fused=stlstm_cell_fused, min_bytes=None)
@@ -108,22 +108,27 @@ def stlstm_cell_eager(x, h, c, m, w_x, w_h, w_m, w_o, w_last):
 
 
 def stlstm_cell_fused(x, h, c, m, w_x, w_h, w_m, w_o, w_last):
-    """The same step on predkern's two stages, with conv_o and conv_last run as one conv."""
+    """The same step on predkern's two stages. On a GPU conv_o and conv_last run as one conv (one
+    launch fewer); on a CPU, where the step is bound by conv FLOPs, the zero-padded k x k conv_last
+    would cost more than the launch it saves, so they stay two convs."""
     p = w_x.shape[-1] // 2
     x_cat, h_cat, m_cat = F.conv2d(x, w_x, padding=p), F.conv2d(h, w_h, padding=p), F.conv2d(m, w_m, padding=p)
     mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c, m)
-    w_both = torch.cat([w_o, F.pad(w_last, (p, p, p, p))], dim=0)
-    o_conv, last_conv = F.conv2d(mem, w_both, padding=p).chunk(2, dim=1)
+    if mem.is_cuda:
+        w_both = torch.cat([w_o, F.pad(w_last, (p, p, p, p))], dim=0)
+        o_conv, last_conv = F.conv2d(mem, w_both, padding=p).chunk(2, dim=1)
+    else:
+        o_conv, last_conv = F.conv2d(mem, w_o, padding=p), F.conv2d(mem, w_last)
     C = c.shape[1]
     return ops.stlstm_output(x_cat, h_cat, o_conv, last_conv), mem[:, :C], mem[:, C:], delta_c, delta_m
 
 
-# name -> (B, C, H, W, kernel size)
+# name -> (B, C, H, W, kernel size, input channels: patch_size**2 * frame channels)
 STLSTM_SHAPES = {
-    "tiny": (1, 4, 4, 4, 3),
-    "small": (4, 16, 16, 16, 5),
-    "mnist": (16, 128, 16, 16, 5),  # PredRNN Moving MNIST config
-    "kth": (4, 128, 32, 32, 5),     # PredRNN KTH config
+    "tiny": (1, 4, 4, 4, 3, 4),
+    "small": (4, 16, 16, 16, 5, 16),
+    "mnist": (16, 128, 16, 16, 5, 16),  # PredRNN Moving MNIST config (64x64 frames, patch 4)
+    "kth": (4, 128, 32, 32, 5, 16),     # PredRNN KTH config (128x128 frames, patch 4)
 }
 OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell")
 DEFAULT_SHAPES = ("tiny", "small")
