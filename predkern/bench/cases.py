@@ -168,7 +168,7 @@ def callable_for(case: Case, contender: str) -> Callable:
     if contender == "eager":
         return case.eager
     if contender == "compile":
-        return _compiled(case.eager)
+        return torch.compile(case.eager, fullgraph=True)
     return case.fused
 
 
@@ -179,7 +179,3 @@ def contender_backend(contender: str):
         return backends.use(contender.removeprefix("predkern-"))
     return contextlib.nullcontext()
 
-
-@functools.lru_cache(maxsize=None)
-def _compiled(fn):
-    return torch.compile(fn, fullgraph=True)

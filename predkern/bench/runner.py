@@ -114,6 +114,9 @@ def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s:
     the mean call time. As many rounds as fit in `budget_s` (within [min_repeats, max_repeats]);
     medians reported. Rotating `rotate` input sets keeps big inputs out of cache, as in training."""
     device = torch.device(device)
+    # A fresh compile per case and mode: torch.compile's cache of one function over many shapes
+    # would turn dynamic, or hit its recompile limit and silently fall back to eager.
+    torch._dynamo.reset()
     gen = torch.Generator().manual_seed(seed)
     requires_grad = mode == "forward+backward"
     sets = [case.make_inputs(device, torch.float32, requires_grad, gen) for _ in range(rotate)]
