@@ -6,7 +6,9 @@ import torch
 
 import predkern
 from predkern import backends, reference
+import tensors
 from conftest import backend_device
+from tensors import float64_copy
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
 
@@ -24,22 +26,11 @@ def make_inputs(B=2, C=3, spatial=(5, 7), *, gates_h=True, bias=True, peephole=T
     shape_g, shape_c = (B, 4 * C, *spatial), (B, C, *spatial)
 
     def rand(shape, dt, scale=1.5):
-        if layout == "strided" and len(shape) >= 3:
-            wide = list(shape)
-            wide[1] += 3
-            wide[-1] = 2 * shape[-1] + 1
-            t = torch.randn(wide, dtype=torch.float64) * scale
-            t = t.narrow(1, 2, shape[1])[..., 1::2]
-        else:
-            t = torch.randn(shape, dtype=torch.float64) * scale
-        t = t.to(device=device, dtype=dt)
-        if layout == "channels_last" and t.dim() in (4, 5):
-            t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
-        return t
+        return tensors.rand(shape, dt, device, layout, scale)
 
     x = {"gates_x": rand(shape_g, dtype), "c": rand(shape_c, state_dtype)}
     if layout == "strided":  # one c for the whole batch, as an expanded (stride 0) view
-        x["c"] = rand((1, C, *spatial), state_dtype).expand(shape_c)
+        x["c"] = tensors.expanded(shape_c, state_dtype, device)
     x["gates_h"] = rand(shape_g, dtype) if gates_h else None
     x["bias"] = (torch.randn(4 * C, dtype=torch.float64) * 0.5).to(device, state_dtype) if bias else None
     x["peephole"] = rand((3, C, *spatial), state_dtype, 0.5) if peephole else None
@@ -73,10 +64,6 @@ def assert_close_to_ref(got, ref, rel=1e-5):
         scale = max(1.0, r.abs().max().item())
         err = (g.detach().double().cpu() - r).abs().max().item()
         assert err <= rel * scale, f"{k}: max abs error {err:.3g} > {rel} x scale {scale:.3g}"
-
-
-def float64_copy(x):
-    return {k: (v.detach().cpu().double() if v is not None else None) for k, v in x.items()}
 
 
 def run_with_grads(backend, x, opts, grads=("h", "c")):
