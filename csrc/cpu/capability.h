@@ -32,3 +32,32 @@ Capability capability();  // cached; defined in capability.cpp
 #else
 #define PREDKERN_CPU_DISPATCH(fn, ...) return DEFAULT::fn(__VA_ARGS__);
 #endif
+
+// The run-time dispatchers predkern::<op>_forward_cpu / <op>_backward_cpu of csrc/<op>.h, placed
+// once, at the end of the DEFAULT build of csrc/cpu/<op>.cpp.
+#ifdef PREDKERN_CPU_HAS_AVX_VARIANTS
+#define PREDKERN_CPU_DECLARE_VARIANTS(op, Fwd, Bwd)               \
+  namespace predkern::cpu::AVX2 {                                 \
+  void op##_forward(const Fwd& p);                                \
+  void op##_backward(const Bwd& p);                               \
+  }                                                               \
+  namespace predkern::cpu::AVX512 {                               \
+  void op##_forward(const Fwd& p);                                \
+  void op##_backward(const Bwd& p);                               \
+  }
+#else
+#define PREDKERN_CPU_DECLARE_VARIANTS(op, Fwd, Bwd)
+#endif
+
+#define PREDKERN_CPU_DISPATCHERS(op, Fwd, Bwd)                                               \
+  PREDKERN_CPU_DECLARE_VARIANTS(op, Fwd, Bwd)                                                \
+  namespace predkern {                                                                       \
+  void op##_forward_cpu(const Fwd& p) {                                                      \
+    using namespace cpu;                                                                     \
+    PREDKERN_CPU_DISPATCH(op##_forward, p)                                                   \
+  }                                                                                          \
+  void op##_backward_cpu(const Bwd& p) {                                                     \
+    using namespace cpu;                                                                     \
+    PREDKERN_CPU_DISPATCH(op##_backward, p)                                                  \
+  }                                                                                          \
+  }

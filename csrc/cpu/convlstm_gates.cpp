@@ -153,28 +153,5 @@ void convlstm_gates_backward(const ConvLSTMGatesBackward& p) {
 }  // namespace predkern::cpu
 
 #ifdef PREDKERN_CPU_DEFAULT_BUILD
-namespace predkern {
-namespace cpu {
-#ifdef PREDKERN_CPU_HAS_AVX_VARIANTS
-namespace AVX2 {
-void convlstm_gates_forward(const ConvLSTMGatesForward& p);
-void convlstm_gates_backward(const ConvLSTMGatesBackward& p);
-}  // namespace AVX2
-namespace AVX512 {
-void convlstm_gates_forward(const ConvLSTMGatesForward& p);
-void convlstm_gates_backward(const ConvLSTMGatesBackward& p);
-}  // namespace AVX512
-#endif
-}  // namespace cpu
-
-void convlstm_gates_forward_cpu(const ConvLSTMGatesForward& p) {
-  using namespace cpu;
-  PREDKERN_CPU_DISPATCH(convlstm_gates_forward, p)
-}
-
-void convlstm_gates_backward_cpu(const ConvLSTMGatesBackward& p) {
-  using namespace cpu;
-  PREDKERN_CPU_DISPATCH(convlstm_gates_backward, p)
-}
-}  // namespace predkern
+PREDKERN_CPU_DISPATCHERS(convlstm_gates, ConvLSTMGatesForward, ConvLSTMGatesBackward)
 #endif

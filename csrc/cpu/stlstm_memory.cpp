@@ -152,28 +152,5 @@ void stlstm_memory_backward(const STLSTMMemoryBackward& p) {
 }  // namespace predkern::cpu
 
 #ifdef PREDKERN_CPU_DEFAULT_BUILD
-namespace predkern {
-namespace cpu {
-#ifdef PREDKERN_CPU_HAS_AVX_VARIANTS
-namespace AVX2 {
-void stlstm_memory_forward(const STLSTMMemoryForward& p);
-void stlstm_memory_backward(const STLSTMMemoryBackward& p);
-}  // namespace AVX2
-namespace AVX512 {
-void stlstm_memory_forward(const STLSTMMemoryForward& p);
-void stlstm_memory_backward(const STLSTMMemoryBackward& p);
-}  // namespace AVX512
-#endif
-}  // namespace cpu
-
-void stlstm_memory_forward_cpu(const STLSTMMemoryForward& p) {
-  using namespace cpu;
-  PREDKERN_CPU_DISPATCH(stlstm_memory_forward, p)
-}
-
-void stlstm_memory_backward_cpu(const STLSTMMemoryBackward& p) {
-  using namespace cpu;
-  PREDKERN_CPU_DISPATCH(stlstm_memory_backward, p)
-}
-}  // namespace predkern
+PREDKERN_CPU_DISPATCHERS(stlstm_memory, STLSTMMemoryForward, STLSTMMemoryBackward)
 #endif

@@ -101,28 +101,5 @@ void stlstm_output_backward(const STLSTMOutputBackward& p) {
 }  // namespace predkern::cpu
 
 #ifdef PREDKERN_CPU_DEFAULT_BUILD
-namespace predkern {
-namespace cpu {
-#ifdef PREDKERN_CPU_HAS_AVX_VARIANTS
-namespace AVX2 {
-void stlstm_output_forward(const STLSTMOutputForward& p);
-void stlstm_output_backward(const STLSTMOutputBackward& p);
-}  // namespace AVX2
-namespace AVX512 {
-void stlstm_output_forward(const STLSTMOutputForward& p);
-void stlstm_output_backward(const STLSTMOutputBackward& p);
-}  // namespace AVX512
-#endif
-}  // namespace cpu
-
-void stlstm_output_forward_cpu(const STLSTMOutputForward& p) {
-  using namespace cpu;
-  PREDKERN_CPU_DISPATCH(stlstm_output_forward, p)
-}
-
-void stlstm_output_backward_cpu(const STLSTMOutputBackward& p) {
-  using namespace cpu;
-  PREDKERN_CPU_DISPATCH(stlstm_output_backward, p)
-}
-}  // namespace predkern
+PREDKERN_CPU_DISPATCHERS(stlstm_output, STLSTMOutputForward, STLSTMOutputBackward)
 #endif
