@@ -181,11 +181,10 @@ FwdArgs<G, S, I> make_fwd_args(const ConvLSTMGatesForward& p) {
   a.pre_s = make_str<I>(p.pre_act);
   a.bias_sc = static_cast<I>(p.bias.sc);
   for (int k = 0; k < 4; ++k) {
-    const int64_t blk = static_cast<int64_t>(p.slot_block[k]) * p.C;
-    a.gx_blk[k] = static_cast<I>(blk * p.gates_x.sc);
-    a.gh_blk[k] = static_cast<I>(blk * p.gates_h.sc);
-    a.bias_blk[k] = static_cast<I>(blk * p.bias.sc);
-    a.pre_blk[k] = static_cast<I>(static_cast<int64_t>(k) * p.C * p.pre_act.sc);
+    a.gx_blk[k] = block_offset<I>(p.gates_x, p.slot_block[k], p.C);
+    a.gh_blk[k] = block_offset<I>(p.gates_h, p.slot_block[k], p.C);
+    a.bias_blk[k] = block_offset<I>(p.bias, p.slot_block[k], p.C);
+    a.pre_blk[k] = block_offset<I>(p.pre_act, k, p.C);
   }
   a.forget_bias = static_cast<typename FwdArgs<G, S, I>::T>(p.forget_bias);
   return a;
@@ -318,8 +317,8 @@ BwdArgs<G, S, I> make_bwd_args(const ConvLSTMGatesBackward& p) {
   a.gg_s = make_str<I>(p.grad_gates);
   a.gc_s = make_str<I>(p.grad_c);
   for (int k = 0; k < 4; ++k) {
-    a.pre_blk[k] = static_cast<I>(static_cast<int64_t>(k) * p.C * p.pre_act.sc);
-    a.gg_blk[k] = static_cast<I>(static_cast<int64_t>(p.slot_block[k]) * p.C * p.grad_gates.sc);
+    a.pre_blk[k] = block_offset<I>(p.pre_act, k, p.C);
+    a.gg_blk[k] = block_offset<I>(p.grad_gates, p.slot_block[k], p.C);
   }
   return a;
 }

@@ -29,7 +29,6 @@ class Case:
     eager: Callable                  # the op written as eager PyTorch (predkern.reference)
     fused: Callable                  # predkern's public op
     min_bytes: int | None            # the fewest bytes a fused forward can move (DESIGN.md)
-    outputs: Callable = staticmethod(lambda out: out)  # the differentiable outputs of a call
 
     @property
     def name(self) -> str:

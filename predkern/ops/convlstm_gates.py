@@ -14,6 +14,7 @@ from predkern import backends, reference
 from predkern.ops import _checks
 from predkern.ops._tensors import as3 as _as3
 from predkern.ops._tensors import empty as _empty
+from predkern.ops._tensors import with_channels
 
 OP = "convlstm_gates"
 
@@ -90,10 +91,6 @@ def _slot_blocks(gate_order: str) -> tuple[int, int, int, int]:
     return tuple(gate_order.index(g) for g in "ifgo")
 
 
-def _state_shape(gates: Tensor):
-    return (gates.shape[0], gates.shape[1] // 4, *gates.shape[2:])
-
-
 def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephole: Optional[Tensor],
                  has_bias: bool, gate_order: str):
     """Gradients of bias (summed over batch and space) and peephole (summed over batch)."""
@@ -117,13 +114,13 @@ if backends._extension_error() is None:
     def _(gates_x, c, gates_h=None, bias=None, peephole=None, forget_bias=0.0, gate_order="ifgo",
           gate_act="sigmoid"):
         _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
-        shape = _state_shape(gates_x)
+        shape = with_channels(gates_x, gates_x.shape[1] // 4)
         return _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
 
     @torch.library.register_fake("predkern::convlstm_gates_forward")
     def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act):
         _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
-        shape = _state_shape(gates_x)
+        shape = with_channels(gates_x, gates_x.shape[1] // 4)
         return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
                 _empty(gates_x.shape, gates_x, c.dtype))
 
@@ -140,7 +137,7 @@ def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias:
                     save_pre_act: bool) -> tuple[Tensor, Tensor, Tensor]:
     from predkern.triton import convlstm_gates as kernels
 
-    shape = _state_shape(gates_x)
+    shape = with_channels(gates_x, gates_x.shape[1] // 4)
     h_new, c_new = _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
     # pre_act in the state dtype: under autocast the activations' arguments are rounded only once
     pre_act = _empty(gates_x.shape if save_pre_act else (0,) * gates_x.dim(), gates_x, c.dtype)
@@ -154,7 +151,7 @@ def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias:
 
 @_triton_forward.register_fake
 def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_pre_act):
-    shape = _state_shape(gates_x)
+    shape = with_channels(gates_x, gates_x.shape[1] // 4)
     pre_shape = gates_x.shape if save_pre_act else (0,) * gates_x.dim()
     return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
             _empty(pre_shape, gates_x, c.dtype))
