@@ -39,6 +39,24 @@ TORCH_LIBRARY(predkern, m) {
   m.def(
       "stlstm_output_backward(Tensor grad_h, Tensor pre_o, Tensor tanh_last) -> (Tensor grad_x_cat, "
       "Tensor grad_h_cat, Tensor grad_o_conv, Tensor grad_last_conv)");
+
+  // PredRNN-V2 memory decoupling loss (SPEC.md section 3). row_coefs: (N*C, 4) float64, the
+  // per-row coefficients of the element-wise backward.
+  m.def("decoupling_loss(Tensor delta_c, Tensor delta_m) -> Tensor");
+  m.def("decoupling_loss_forward(Tensor delta_c, Tensor delta_m) -> (Tensor loss, Tensor row_coefs)");
+  m.def(
+      "decoupling_loss_backward(Tensor grad_loss, Tensor delta_c, Tensor delta_m, Tensor row_coefs) "
+      "-> (Tensor grad_delta_c, Tensor grad_delta_m)");
+
+  // PredNet error units (SPEC.md section 4). Without return_mean, e_mean is empty. The backward
+  // recomputes everything from the inputs a and a_hat.
+  m.def(
+      "prednet_error(Tensor a, Tensor a_hat, bool relu_a_hat=True, float? clip_max=None, "
+      "str first='pred', bool return_mean=False) -> (Tensor e, Tensor a_hat_out, Tensor e_mean)");
+  m.def(
+      "prednet_error_backward(Tensor? grad_e, Tensor? grad_a_hat_out, Tensor? grad_e_mean, "
+      "Tensor a, Tensor a_hat, bool relu_a_hat, float? clip_max, str first) -> (Tensor grad_a, "
+      "Tensor grad_a_hat)");
 }
 
 #ifdef TORCH_EXTENSION_NAME

@@ -6,6 +6,7 @@ eager baseline of the benchmarks. This module imports nothing from predkern (see
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -83,3 +84,24 @@ def stlstm_output(x_cat, h_cat, o_conv, last_conv):
     C = x_cat.shape[1] // 7
     o = torch.sigmoid(x_cat[:, 6 * C:] + h_cat[:, 3 * C:] + o_conv)
     return o * torch.tanh(last_conv)
+
+
+def decoupling_loss(delta_c, delta_m):
+    """PredRNN-V2 memory decoupling loss (SPEC.md section 3), the official expression verbatim:
+    mean over (n, c) of |cosine_similarity(F.normalize(delta_c), F.normalize(delta_m))| over space."""
+    N, C, S = delta_c.shape[0], delta_c.shape[1], math.prod(delta_c.shape[2:])
+    a = torch.nn.functional.normalize(delta_c.reshape(N, C, S), dim=2)
+    b = torch.nn.functional.normalize(delta_m.reshape(N, C, S), dim=2)
+    return torch.mean(torch.abs(torch.cosine_similarity(a, b, dim=2)))
+
+
+def prednet_error(a, a_hat, *, relu_a_hat=True, clip_max=None, first="pred", return_mean=False):
+    """PredNet error units (SPEC.md section 4): (e, a_hat_out[, e_mean])."""
+    p = torch.relu(a_hat) if relu_a_hat else a_hat.clone()  # a_hat_out never aliases a_hat
+    if clip_max is not None:
+        p = torch.clamp(p, max=clip_max)
+    pos, neg = torch.relu(p - a), torch.relu(a - p)
+    e = torch.cat([pos, neg] if first == "pred" else [neg, pos], dim=1)
+    if not return_mean:
+        return e, p
+    return e, p, e.flatten(1).mean(dim=1)

@@ -6,6 +6,7 @@ import torch
 import predkern
 from predkern import backends, reference
 from conftest import backend_device
+from oracle import check, half_no_worse_than_eager, outputs_and_grads
 from tensors import LAYOUTS, expanded, float64_copy, max_error_over_scale, rand
 
 SPATIAL = {"2d": (5, 7), "nospatial": (), "1d": (11,), "3d": (2, 3, 5)}
@@ -35,36 +36,6 @@ def output_inputs(B=2, C=3, spatial=(5, 7), dtype=torch.float32, device="cpu", l
     else:
         x["o_conv"], x["last_conv"] = (rand((B, C, *S), dtype, device, layout) for _ in range(2))
     return x
-
-
-def outputs_and_grads(fn, x, opts=None, which=None, backend=None):
-    """Outputs of fn and the gradient of every tensor input for random output grads on the
-    outputs numbered in `which` (all by default). Leaves keep the inputs' strides."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
-    if backend is None:
-        out = fn(**leaves, **(opts or {}))
-    else:
-        with backends.use(backend):
-            out = fn(**leaves, **(opts or {}))
-    outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
-    gen = torch.Generator().manual_seed(1)
-    gs = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in outs]
-    pick = [k for k in range(len(outs)) if which is None or k in which]
-    dx = torch.autograd.grad([outs[k] for k in pick], list(leaves.values()), [gs[k] for k in pick],
-                             allow_unused=True)
-    grads = {"d_" + k: (d if d is not None else torch.zeros_like(leaves[k])) for k, d in zip(leaves, dx)}
-    return {**{f"out{k}": o for k, o in enumerate(outs)}, **grads}
-
-
-def check(backend, op, x, opts=None, which=None, rel=1e-5):
-    ref = outputs_and_grads(getattr(reference, op), float64_copy(x), opts, which)
-    got = outputs_and_grads(getattr(predkern, op), x, opts, which, backend)
-    assert ref.keys() == got.keys()
-    for k, r in ref.items():
-        assert got[k].shape == r.shape, k
-        err = max_error_over_scale(got[k], r)
-        assert err <= rel, f"{op} {k}: max error {err:.3g} x scale > {rel}"
-    return got
 
 
 # ---------------------------------------------------------------- stage 1
@@ -154,16 +125,7 @@ def test_half_precision_no_worse_than_eager(backend, op, dtype, state):
         pytest.skip("stage 2 has no cell state")
     x = (memory_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device)
          if op == "stlstm_memory" else output_inputs(C=8, spatial=(6, 6), dtype=dtype, device=device))
-    ref = outputs_and_grads(getattr(reference, op), float64_copy(x))
-    eager = outputs_and_grads(getattr(reference, op), x)
-    got = outputs_and_grads(getattr(predkern, op), x, backend=backend)
-    for k, r in ref.items():
-        assert got[k].dtype == eager[k].dtype, k
-        err_got = (got[k].double().cpu() - r).abs()
-        err_eager = (eager[k].double().cpu() - r).abs()
-        atol = torch.finfo(dtype).eps * max(1.0, r.abs().max().item())
-        bad = err_got > 2 * err_eager + atol
-        assert not bad.any(), f"{k}: {bad.sum().item()} elements worse than 2x eager + {atol:.2g}"
+    half_no_worse_than_eager(backend, op, x)
 
 
 def _bad_memory_cases():

@@ -30,6 +30,8 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "cpu/convlstm_gates.cpp"
+#include "cpu/decoupling_loss.cpp"
+#include "cpu/prednet_error.cpp"
 #include "cpu/stlstm_memory.cpp"
 #include "cpu/stlstm_output.cpp"
 #endif

@@ -129,21 +129,69 @@ STLSTM_SHAPES = {
     "mnist": (16, 128, 16, 16, 5, 16),  # PredRNN Moving MNIST config (64x64 frames, patch 4)
     "kth": (4, 128, 32, 32, 5, 16),     # PredRNN KTH config (128x128 frames, patch 4)
 }
-OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell")
+
+
+def _decoupling_cases(shape_name, terms, B, C, H, W):
+    """The loss over `terms` (layer, step) pairs of (B, C, H, W) deltas: stacked along N in one
+    call, and one call per term averaged as the official model does (equal terms: same value)."""
+    make = _rand_inputs({"delta_c": (terms * B, C, H, W), "delta_m": (terms * B, C, H, W)})
+    dims = dict(terms=terms, B=B, C=C, H=H, W=W)
+
+    def per_term(loss):
+        def fn(delta_c, delta_m):
+            return torch.stack([loss(c, m) for c, m in zip(delta_c.chunk(terms), delta_m.chunk(terms))]).mean()
+        return fn
+
+    # one pass reads both deltas; the loss itself is a scalar
+    nbytes = 2 * terms * B * C * H * W * 4
+    return [Case("decoupling_loss", shape_name, dims, make, eager=reference.decoupling_loss,
+                 fused=ops.decoupling_loss, min_bytes=nbytes),
+            Case("decoupling_loss_per_term", shape_name, dims, make, eager=per_term(reference.decoupling_loss),
+                 fused=per_term(ops.decoupling_loss), min_bytes=None)]
+
+
+def _prednet_case(shape_name, B, C, H, W, clip_max):
+    """The error units of one PredNet layer in training (output_mode 'error': e and its mean)."""
+    opts = dict(relu_a_hat=True, clip_max=clip_max, return_mean=True)
+    return Case("prednet_error", shape_name, dict(B=B, C=C, H=H, W=W, clip_max=clip_max),
+                _rand_inputs({"a": (B, C, H, W), "a_hat": (B, C, H, W)}),
+                eager=functools.partial(reference.prednet_error, **opts),
+                fused=functools.partial(ops.prednet_error, **opts),
+                min_bytes=5 * B * C * H * W * 4)  # reads a, a_hat; writes e (2) and a_hat_out
+
+
+# name -> (terms, B, C, H, W)
+DECOUPLING_SHAPES = {
+    "tiny": (1, 1, 4, 4, 4),
+    "small": (8, 4, 32, 16, 16),
+    "mnist": (76, 16, 128, 16, 16),  # PredRNN-V2 Moving MNIST: (T-1) * L = 19 * 4 terms
+}
+# name -> (B, C, H, W, clip_max)
+PREDNET_SHAPES = {
+    "tiny": (1, 4, 4, 4, 1.0),
+    "small": (4, 16, 32, 40, None),
+    "kitti0": (4, 3, 128, 160, 1.0),   # PredNet KITTI layer 0 (pixels, A_hat clipped at 1)
+    "kitti1": (4, 48, 64, 80, None),   # PredNet KITTI layer 1
+}
+OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell", "decoupling_loss",
+       "decoupling_loss_per_term", "prednet_error")
 DEFAULT_SHAPES = ("tiny", "small")
-FULL_SHAPES = ("tiny", "mnist", "large", "kth")
+FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1")
+ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES}
 
 
 def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
     """The cases of `op_names` (default all) at those of `shapes` each op defines."""
-    unknown = set(shapes) - set(CONVLSTM_SHAPES) - set(STLSTM_SHAPES)
+    unknown = set(shapes) - set(ALL_SHAPES)
     if unknown:
-        raise ValueError(f"unknown shapes {sorted(unknown)}; known: {sorted({*CONVLSTM_SHAPES, *STLSTM_SHAPES})}")
+        raise ValueError(f"unknown shapes {sorted(unknown)}; known: {sorted(ALL_SHAPES)}")
     unknown_ops = set(op_names or ()) - set(OPS)
     if unknown_ops:
         raise ValueError(f"unknown ops {sorted(unknown_ops)}; known: {OPS}")
     out = [_convlstm_case(s, *CONVLSTM_SHAPES[s]) for s in shapes if s in CONVLSTM_SHAPES]
     out += [c for s in shapes if s in STLSTM_SHAPES for c in _stlstm_cases(s, *STLSTM_SHAPES[s])]
+    out += [c for s in shapes if s in DECOUPLING_SHAPES for c in _decoupling_cases(s, *DECOUPLING_SHAPES[s])]
+    out += [_prednet_case(s, *PREDNET_SHAPES[s]) for s in shapes if s in PREDNET_SHAPES]
     return [c for c in out if op_names is None or c.op in op_names]
 
 

@@ -1,0 +1,53 @@
+"""Outputs and input gradients of an op on a backend against the float64 reference (SPEC.md 5)."""
+import torch
+
+import predkern
+from predkern import backends, reference
+from tensors import float64_copy, max_error_over_scale
+
+
+def outputs_and_grads(fn, x, opts=None, which=None, backend=None):
+    """Outputs of fn and the gradient of every tensor input for random output grads on the
+    outputs numbered in `which` (all by default). Leaves keep the inputs' strides."""
+    leaves = {k: v.detach().requires_grad_(True) for k, v in x.items()}
+    if backend is None:
+        out = fn(**leaves, **(opts or {}))
+    else:
+        with backends.use(backend):
+            out = fn(**leaves, **(opts or {}))
+    outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
+    gen = torch.Generator().manual_seed(1)
+    gs = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in outs]
+    pick = [k for k in range(len(outs)) if which is None or k in which]
+    dx = torch.autograd.grad([outs[k] for k in pick], list(leaves.values()), [gs[k] for k in pick],
+                             allow_unused=True)
+    grads = {"d_" + k: (d if d is not None else torch.zeros_like(leaves[k])) for k, d in zip(leaves, dx)}
+    return {**{f"out{k}": o for k, o in enumerate(outs)}, **grads}
+
+
+def check(backend, op, x, opts=None, which=None, rel=1e-5):
+    """Every output and input gradient of predkern.<op> on `backend` within `rel` x the scale of
+    the float64 reference's; returns the backend's results."""
+    ref = outputs_and_grads(getattr(reference, op), float64_copy(x), opts, which)
+    got = outputs_and_grads(getattr(predkern, op), x, opts, which, backend)
+    assert ref.keys() == got.keys()
+    for k, r in ref.items():
+        assert got[k].shape == r.shape, k
+        err = max_error_over_scale(got[k], r)
+        assert err <= rel, f"{op} {k}: max error {err:.3g} x scale > {rel}"
+    return got
+
+
+def half_no_worse_than_eager(backend, op, x, opts=None):
+    """SPEC.md 5: |out - ref64| <= 2 |eager - ref64| + eps * scale, for every output and grad."""
+    dtype = next(v.dtype for v in x.values() if isinstance(v, torch.Tensor))
+    ref = outputs_and_grads(getattr(reference, op), float64_copy(x), opts)
+    eager = outputs_and_grads(getattr(reference, op), x, opts)
+    got = outputs_and_grads(getattr(predkern, op), x, opts, backend=backend)
+    for k, r in ref.items():
+        assert got[k].dtype == eager[k].dtype, k
+        err_got = (got[k].double().cpu() - r).abs()
+        err_eager = (eager[k].double().cpu() - r).abs()
+        atol = torch.finfo(dtype).eps * max(1.0, r.abs().max().item())
+        bad = err_got > 2 * err_eager + atol
+        assert not bad.any(), f"{k}: {bad.sum().item()} elements worse than 2x eager + {atol:.2g}"
