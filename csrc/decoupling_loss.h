@@ -4,7 +4,7 @@
 // Rows r = n*C + c of x = delta_c and y = delta_m seen as (N, C, S). Per row the kernels reduce
 //   sxx = sum_s x^2,  syy = sum_s y^2,  sxy = sum_s x y          (accumulated in double)
 // and decoupling_row() turns the three sums into |cos_r| and the backward coefficients. The loss
-// is sum_r |cos_r| / R, summed in row order (deterministic: no atomics, the same bits every run).
+// is sum_r |cos_r| / R, the rows summed in a fixed order (no atomics: the same bits every run).
 // The backward is then one element-wise pass:
 //   grad_x = G (k[0] x + k[1] y),   grad_y = G (k[2] y + k[3] x),   G = grad of the loss.
 #pragma once

@@ -63,6 +63,21 @@ def test_kinks_ties_and_nan(backend):
             torch.testing.assert_close(got[k].double().cpu(), r, equal_nan=True, msg=lambda m: f"{opts} {k}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+def test_tie_with_the_rounded_clip(backend, dtype):
+    """A value equal to clip_max rounded to the tensor's dtype passes the clip's gradient, as in
+    eager, which compares a tensor with a Python scalar in the tensor's dtype."""
+    device = backend_device(backend)
+    tie = torch.tensor(0.3, dtype=dtype).item()  # not 0.3: 0.30004883 in float16
+    x = {"a": torch.zeros(1, 1, 3, dtype=dtype, device=device),
+         "a_hat": torch.tensor([[[tie, 0.2, 0.5]]], dtype=dtype, device=device)}
+    ref = outputs_and_grads(reference.prednet_error, x, {"clip_max": 0.3})
+    got = outputs_and_grads(predkern.prednet_error, x, {"clip_max": 0.3}, backend=backend)
+    assert ref["d_a_hat"][0, 0, 0] != 0, "eager passes the gradient at the tie"
+    for k, r in ref.items():
+        torch.testing.assert_close(got[k], r, msg=lambda m: f"{k}: {m}")
+
+
 def test_infinite_gradient_on_a_closed_path_gives_zero(backend):
     device = backend_device(backend)
     x = {"a": torch.tensor([[[1.0, 0.0]]], device=device), "a_hat": torch.tensor([[[0.5, 2.0]]], device=device)}

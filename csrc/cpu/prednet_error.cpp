@@ -16,6 +16,13 @@ inline Vectorized<T> relu(const Vectorized<T>& x) {
   return Vectorized<T>::blendv(x, Vectorized<T>(T(0)), x < Vectorized<T>(T(0)));
 }
 
+// clip_max rounded to the tensors' dtype first, as eager compares a half tensor with a scalar,
+// so that a value tied with the rounded clip passes its gradient as in eager.
+template <typename G, typename T>
+inline T clip_value(const PredNetErrorOptions& o) {
+  return static_cast<T>(static_cast<G>(o.clip_max));
+}
+
 // a_hat -> (relu(a_hat) or a_hat, then the clip); `r` gets the clip's input.
 template <typename T>
 inline Vectorized<T> activate(const Vectorized<T>& a_hat, const PredNetErrorOptions& o,
@@ -31,7 +38,7 @@ void forward_typed(const PredNetErrorForward& p) {
   const RowSpace rs = row_space(p.N, p.C, p.S, p.a_hat_out);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner, want_mean = p.e_mean != nullptr;
-  const Vectorized<T> clip(static_cast<T>(p.opt.clip_max));
+  const Vectorized<T> clip(clip_value<G, T>(p.opt));
   // e's block of relu(p - a) and of relu(a - p).
   const int64_t pos_off = p.opt.target_first ? C : 0, neg_off = p.opt.target_first ? 0 : C;
   std::vector<double> row_sum(want_mean ? rs.rows : 0);
@@ -85,7 +92,7 @@ void backward_typed(const PredNetErrorBackward& p) {
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner;
   const bool has_e = p.grad_e.ptr, has_out = p.grad_a_hat_out.ptr, has_mean = p.grad_e_mean;
-  const Vectorized<T> zero(T(0)), clip(static_cast<T>(p.opt.clip_max));
+  const Vectorized<T> zero(T(0)), clip(clip_value<G, T>(p.opt));
   const int64_t pos_off = p.opt.target_first ? C : 0, neg_off = p.opt.target_first ? 0 : C;
   const T count = static_cast<T>(2.0 * static_cast<double>(C) * static_cast<double>(p.S));
 
