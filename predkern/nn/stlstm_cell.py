@@ -1,0 +1,81 @@
+"""PredRNN's spatiotemporal LSTM cells (thuml/predrnn-pytorch, OpenSTL) on predkern's fused ops."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from predkern import ops
+from predkern.nn._signature import frame_and_conv
+
+
+def _conv(cin, cout, k, stride, norm_shape):
+    """nn.Sequential(conv[, LayerNorm]): the peers' module layout, hence their state_dict keys."""
+    layers = [nn.Conv2d(cin, cout, kernel_size=k, stride=stride, padding=k // 2, bias=False)]
+    if norm_shape is not None:
+        layers.append(nn.LayerNorm(norm_shape))
+    return nn.Sequential(*layers)
+
+
+class SpatioTemporalLSTMCell(nn.Module):
+    """PredRNN ST-LSTM cell, ``forward(x, h, c, m) -> (h, c, m)``.
+
+    Takes OpenSTL's ``(in_channel, num_hidden, height, width, filter_size, stride, layer_norm)`` or
+    thuml's ``(in_channel, num_hidden, width, filter_size, stride, layer_norm)``; parameters and
+    state_dict keys are theirs (conv_x.0, conv_h.0, conv_m.0, conv_o.0, conv_last, and the
+    LayerNorms conv_*.1 with layer_norm), so their checkpoints load with strict=True. Inside, the
+    gate math runs as predkern's two fused stages; c and m are the two halves of one `mem` tensor
+    (the input of conv_o and conv_last), so nothing is concatenated.
+    """
+
+    returns_deltas = False
+
+    def __init__(self, in_channel, num_hidden, *args, **kwargs):
+        super().__init__()
+        height, width, k, stride, layer_norm = frame_and_conv(type(self).__name__, args, kwargs)
+        C = num_hidden
+        self.num_hidden = C
+        self.padding = k // 2
+        self._forget_bias = 1.0
+
+        def norm(blocks):
+            return [blocks * C, height, width] if layer_norm else None
+
+        self.conv_x = _conv(in_channel, 7 * C, k, stride, norm(7))
+        self.conv_h = _conv(C, 4 * C, k, stride, norm(4))
+        self.conv_m = _conv(C, 3 * C, k, stride, norm(3))
+        self.conv_o = _conv(2 * C, C, k, stride, norm(1))
+        self.conv_last = nn.Conv2d(2 * C, C, kernel_size=1, stride=1, padding=0, bias=False)
+
+    def forward(self, x_t, h_t, c_t, m_t):
+        x_cat, h_cat, m_cat = self.conv_x(x_t), self.conv_h(h_t), self.conv_m(m_t)
+        mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c_t, m_t, forget_bias=self._forget_bias,
+                                                  return_deltas=self.returns_deltas)
+        o_conv, last_conv = self._conv_o_and_last(mem)
+        h_new = ops.stlstm_output(x_cat, h_cat, o_conv, last_conv)
+        c_new, m_new = mem.chunk(2, dim=1)
+        if self.returns_deltas:
+            return h_new, c_new, m_new, delta_c, delta_m
+        return h_new, c_new, m_new
+
+    def _conv_o_and_last(self, mem):
+        """conv_o(mem) and conv_last(mem). On a GPU, where a step at training sizes is bound by
+        launches, they run as one conv: conv_last's 1x1 weight zero-padded to k x k beside
+        conv_o's. On a CPU, bound by FLOPs, the padded weight would cost k*k times conv_last's
+        work, so they stay two convs."""
+        conv_o = self.conv_o[0]
+        if mem.is_cuda and conv_o.stride == (1, 1):
+            p = self.padding
+            weight = torch.cat([conv_o.weight, F.pad(self.conv_last.weight, (p, p, p, p))], dim=0)
+            o_conv, last_conv = F.conv2d(mem, weight, padding=p).chunk(2, dim=1)
+            if len(self.conv_o) > 1:
+                o_conv = self.conv_o[1](o_conv)
+            return o_conv, last_conv
+        return self.conv_o(mem), self.conv_last(mem)
+
+
+class SpatioTemporalLSTMCellv2(SpatioTemporalLSTMCell):
+    """PredRNN-V2 ST-LSTM cell, ``forward(x, h, c, m) -> (h, c, m, delta_c, delta_m)``: the
+    increments i*g and i'*g' that the decoupling loss compares (before the model's adapter)."""
+
+    returns_deltas = True

@@ -1,0 +1,148 @@
+"""predkern.nn cells against the peers' cells written here in plain PyTorch from SPEC.md: a peer's
+state_dict loads with strict=True, outputs and every parameter's gradient match, float64 and
+float32, on every backend."""
+import pytest
+import torch
+from torch import nn
+
+import predkern.nn as pknn
+from predkern import backends
+from conftest import backend_device
+
+
+def seq_conv(cin, cout, k, norm_shape=None):
+    layers = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)]
+    if norm_shape:
+        layers.append(nn.LayerNorm(norm_shape))
+    return nn.Sequential(*layers)
+
+
+class PeerSTLSTM(nn.Module):
+    """thuml/OpenSTL SpatioTemporalLSTMCell (v2 when deltas=True), from SPEC.md sections 2 and 6."""
+
+    def __init__(self, cin, C, H, W, k, layer_norm, deltas):
+        super().__init__()
+        self.C, self.deltas = C, deltas
+        n = (lambda b: [b * C, H, W]) if layer_norm else (lambda b: None)
+        self.conv_x, self.conv_h = seq_conv(cin, 7 * C, k, n(7)), seq_conv(C, 4 * C, k, n(4))
+        self.conv_m, self.conv_o = seq_conv(C, 3 * C, k, n(3)), seq_conv(2 * C, C, k, n(1))
+        self.conv_last = nn.Conv2d(2 * C, C, 1, bias=False)
+
+    def forward(self, x, h, c, m):
+        i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = torch.split(self.conv_x(x), self.C, dim=1)
+        i_h, f_h, g_h, o_h = torch.split(self.conv_h(h), self.C, dim=1)
+        i_m, f_m, g_m = torch.split(self.conv_m(m), self.C, dim=1)
+        i, f, g = torch.sigmoid(i_x + i_h), torch.sigmoid(f_x + f_h + 1.0), torch.tanh(g_x + g_h)
+        delta_c = i * g
+        c_new = f * c + delta_c
+        ip, fp, gp = torch.sigmoid(i_xp + i_m), torch.sigmoid(f_xp + f_m + 1.0), torch.tanh(g_xp + g_m)
+        delta_m = ip * gp
+        m_new = fp * m + delta_m
+        mem = torch.cat((c_new, m_new), 1)
+        h_new = torch.sigmoid(o_x + o_h + self.conv_o(mem)) * torch.tanh(self.conv_last(mem))
+        return (h_new, c_new, m_new, delta_c, delta_m) if self.deltas else (h_new, c_new, m_new)
+
+
+class PeerOpenSTLConvLSTM(nn.Module):
+    def __init__(self, cin, C, H, W, k, layer_norm):
+        super().__init__()
+        self.C = C
+        n = (lambda b: [b * C, H, W]) if layer_norm else (lambda b: None)
+        self.conv_x, self.conv_h, self.conv_o = seq_conv(cin, 4 * C, k, n(4)), seq_conv(C, 4 * C, k, n(4)), \
+            seq_conv(2 * C, C, k, n(1))
+        self.conv_last = nn.Conv2d(2 * C, C, 1, bias=False)
+
+    def forward(self, x, h, c):
+        i_x, f_x, g_x, o_x = torch.split(self.conv_x(x), self.C, dim=1)
+        i_h, f_h, g_h, o_h = torch.split(self.conv_h(h), self.C, dim=1)
+        c_new = torch.sigmoid(f_x + f_h) * c + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
+        return torch.sigmoid(o_x + o_h) * torch.tanh(c_new), c_new
+
+
+class PeerNdrplzConvLSTM(nn.Module):
+    def __init__(self, input_dim, hidden_dim, kernel_size, bias):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.conv = nn.Conv2d(input_dim + hidden_dim, 4 * hidden_dim, kernel_size,
+                              padding=(kernel_size[0] // 2, kernel_size[1] // 2), bias=bias)
+
+    def forward(self, input_tensor, cur_state):
+        h, c = cur_state
+        cc_i, cc_f, cc_o, cc_g = torch.split(self.conv(torch.cat([input_tensor, h], dim=1)), self.hidden_dim, dim=1)
+        c_next = torch.sigmoid(cc_f) * c + torch.sigmoid(cc_i) * torch.tanh(cc_g)
+        return torch.sigmoid(cc_o) * torch.tanh(c_next), c_next
+
+
+def compare(backend, peer, ours, inputs, dtype, rel):
+    device = backend_device(backend)
+    peer = peer.to(device, dtype)
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    ours = ours.to(device, dtype)
+    gen = torch.Generator().manual_seed(2)
+    xs = [t.to(device, dtype) for t in inputs]
+    results = []
+    for module in (peer, ours):
+        leaves = [x.clone().requires_grad_(True) for x in xs]
+        with backends.use(backend):
+            outs = module(*leaves[:1], *leaves[1:]) if not isinstance(module, (PeerNdrplzConvLSTM, pknn.ConvLSTMCellNdrplz)) \
+                else module(leaves[0], (leaves[1], leaves[2]))
+        gen.manual_seed(2)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum() for o in outs)
+        params = list(module.parameters())
+        grads = torch.autograd.grad(loss, leaves + params, allow_unused=True)  # OpenSTL's unused convs
+        results.append((outs, grads))
+    (peer_outs, peer_grads), (our_outs, our_grads) = results
+    assert len(peer_outs) == len(our_outs)
+    for name, a, b in [*(("out", p, o) for p, o in zip(peer_outs, our_outs)),
+                       *(("grad", p, o) for p, o in zip(peer_grads, our_grads))]:
+        assert (a is None) == (b is None), name
+        if a is None:
+            continue
+        scale = max(1.0, a.abs().max().item())
+        err = (a.double() - b.double()).abs().max().item() / scale
+        assert err <= rel, f"{name}: {err:.3g}"
+
+
+DTYPES = [(torch.float64, 1e-12), (torch.float32, 1e-5)]
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_stlstm_cell_matches_peer(backend, v2, layer_norm, dtype, rel):
+    B, cin, C, H, W, k = 2, 3, 4, 6, 5, 3
+    peer = PeerSTLSTM(cin, C, H, W, k, layer_norm, deltas=v2)
+    cls = pknn.SpatioTemporalLSTMCellv2 if v2 else pknn.SpatioTemporalLSTMCell
+    ours = cls(cin, C, H, W, k, 1, layer_norm)  # OpenSTL's signature
+    inputs = [torch.randn(B, cin, H, W), *(torch.randn(B, C, H, W) for _ in range(3))]
+    compare(backend, peer, ours, inputs, dtype, rel)
+
+
+def test_stlstm_thuml_signature_and_keys():
+    ours = pknn.SpatioTemporalLSTMCellv2(in_channel=16, num_hidden=8, width=4, filter_size=5, stride=1, layer_norm=True)
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes["conv_x.0.weight"] == (56, 16, 5, 5) and shapes["conv_h.0.weight"] == (32, 8, 5, 5)
+    assert shapes["conv_m.0.weight"] == (24, 8, 5, 5) and shapes["conv_o.0.weight"] == (8, 16, 5, 5)
+    assert shapes["conv_last.weight"] == (8, 16, 1, 1) and shapes["conv_x.1.weight"] == (56, 4, 4)
+    with pytest.raises(TypeError, match="height, width, filter_size"):
+        pknn.SpatioTemporalLSTMCell(16, 8, 4, 5)
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+def test_openstl_convlstm_cell_matches_peer(backend, layer_norm, dtype, rel):
+    B, cin, C, H, W, k = 2, 3, 4, 6, 5, 3
+    peer = PeerOpenSTLConvLSTM(cin, C, H, W, k, layer_norm)
+    ours = pknn.ConvLSTMCell(cin, C, H, W, k, 1, layer_norm)
+    inputs = [torch.randn(B, cin, H, W), torch.randn(B, C, H, W), torch.randn(B, C, H, W)]
+    compare(backend, peer, ours, inputs, dtype, rel)
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_ndrplz_convlstm_cell_matches_peer(backend, bias, dtype, rel):
+    B, cin, C, H, W = 2, 3, 4, 6, 5
+    peer = PeerNdrplzConvLSTM(cin, C, (3, 5), bias)
+    ours = pknn.ConvLSTMCellNdrplz(cin, C, (3, 5), bias)
+    inputs = [torch.randn(B, cin, H, W), torch.randn(B, C, H, W), torch.randn(B, C, H, W)]
+    compare(backend, peer, ours, inputs, dtype, rel)
