@@ -51,3 +51,20 @@ def half_no_worse_than_eager(backend, op, x, opts=None):
         atol = torch.finfo(dtype).eps * max(1.0, r.abs().max().item())
         bad = err_got > 2 * err_eager + atol
         assert not bad.any(), f"{k}: {bad.sum().item()} elements worse than 2x eager + {atol:.2g}"
+
+
+def raises_naming_the_argument(backend, fn, case, device):
+    """A bad-input case (name, kwargs, exception type, words) raises before any kernel runs, with
+    a message naming `name`, and leaves every input as it was."""
+    import pytest
+
+    name, kwargs, exc, words = case
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v)
+              for k, v in kwargs.items()}
+    before = {k: v.clone() for k, v in kwargs.items()
+              if isinstance(v, torch.Tensor) and v.layout == torch.strided and v.device.type != "meta"}
+    with backends.use(backend), pytest.raises(exc) as info:
+        fn(**kwargs)
+    assert f"`{name}`" in str(info.value) and words in str(info.value), str(info.value)
+    for k, v in before.items():
+        assert torch.equal(kwargs[k], v), f"{k} was modified"

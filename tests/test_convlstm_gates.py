@@ -1,5 +1,4 @@
 """convlstm_gates on every backend against the float64 reference (SPEC.md sections 1 and 5)."""
-import itertools
 
 import pytest
 import torch

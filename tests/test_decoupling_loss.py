@@ -8,7 +8,7 @@ import torch
 import predkern
 from predkern import backends, reference
 from conftest import backend_device
-from oracle import check, half_no_worse_than_eager, outputs_and_grads
+from oracle import check, half_no_worse_than_eager, outputs_and_grads, raises_naming_the_argument
 from tensors import LAYOUTS, expanded, float64_copy, rand
 
 SPATIAL = {"2d": (5, 7), "nospatial": (), "1d": (11,), "3d": (2, 3, 5)}
@@ -181,9 +181,4 @@ def _bad_cases():
 
 @pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
 def test_bad_input_raises_naming_the_argument(backend, case):
-    name, kwargs, exc, words = case
-    device = backend_device(backend)
-    kwargs = {k: (v.to(device) if v.device.type == "cpu" else v) for k, v in kwargs.items()}
-    with backends.use(backend), pytest.raises(exc) as info:
-        predkern.decoupling_loss(**kwargs)
-    assert f"`{name}`" in str(info.value) and words in str(info.value), str(info.value)
+    raises_naming_the_argument(backend, predkern.decoupling_loss, case, backend_device(backend))

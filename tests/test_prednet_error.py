@@ -1,6 +1,5 @@
 """prednet_error (PredNet error units) on every backend against the float64 reference
 (SPEC.md sections 4 and 5)."""
-import math
 
 import pytest
 import torch
@@ -8,8 +7,8 @@ import torch
 import predkern
 from predkern import backends, reference
 from conftest import backend_device
-from oracle import check, half_no_worse_than_eager, outputs_and_grads
-from tensors import LAYOUTS, expanded, float64_copy, max_error_over_scale, rand
+from oracle import check, half_no_worse_than_eager, outputs_and_grads, raises_naming_the_argument
+from tensors import LAYOUTS, expanded, float64_copy, rand
 
 SPATIAL = {"2d": (5, 7), "nospatial": (), "1d": (11,), "3d": (2, 3, 5)}
 OP = "prednet_error"
@@ -171,10 +170,4 @@ def _bad_cases():
 
 @pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: f"{c[0]}-{c[3]}")
 def test_bad_input_raises_naming_the_argument(backend, case):
-    name, kwargs, exc, words = case
-    device = backend_device(backend)
-    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v)
-              for k, v in kwargs.items()}
-    with backends.use(backend), pytest.raises(exc) as info:
-        predkern.prednet_error(**kwargs)
-    assert f"`{name}`" in str(info.value) and words in str(info.value), str(info.value)
+    raises_naming_the_argument(backend, predkern.prednet_error, case, backend_device(backend))
