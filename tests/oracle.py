@@ -68,3 +68,17 @@ def raises_naming_the_argument(backend, fn, case, device):
     assert f"`{name}`" in str(info.value) and words in str(info.value), str(info.value)
     for k, v in before.items():
         assert torch.equal(kwargs[k], v), f"{k} was modified"
+
+
+def compiled_matches_eager(step, x, backend):
+    """torch.compile(step, fullgraph=True) on `backend` (fullgraph raises on any graph break):
+    the loss and the gradients of every input in `x` equal eager's."""
+    torch._dynamo.reset()
+    with backends.use(backend):
+        loss = torch.compile(step, fullgraph=True, backend="aot_eager")(**x)
+        grads = torch.autograd.grad(loss, list(x.values()))
+        loss_eager = step(**x)
+        grads_eager = torch.autograd.grad(loss_eager, list(x.values()))
+    torch.testing.assert_close(loss, loss_eager)
+    for g, ge in zip(grads, grads_eager):
+        torch.testing.assert_close(g, ge)

@@ -5,6 +5,7 @@ import torch
 import predkern
 from predkern import backends
 from conftest import backend_device
+from oracle import compiled_matches_eager
 
 
 def _inputs(device, dtype=torch.float32, requires_grad=True):
@@ -51,17 +52,7 @@ def test_compile_fullgraph_no_graph_break(backend):
     if backend == "triton" and backend_device(backend) == "cpu":
         pytest.skip("compiling Triton kernels needs a GPU (the interpreter runs only eagerly)")
     device = backend_device(backend)
-    x = _inputs(device)
-    torch._dynamo.reset()
-    with backends.use(backend):
-        compiled = torch.compile(_step, fullgraph=True, backend="aot_eager")
-        loss = compiled(**x)
-        grads = torch.autograd.grad(loss, list(x.values()))
-        loss_eager = _step(**x)
-        grads_eager = torch.autograd.grad(loss_eager, list(x.values()))
-    torch.testing.assert_close(loss, loss_eager)
-    for g, ge in zip(grads, grads_eager):
-        torch.testing.assert_close(g, ge)
+    compiled_matches_eager(_step, _inputs(device), backend)
 
 
 def test_compile_inductor_cpu_no_recompile_across_steps():

@@ -54,7 +54,7 @@ void forward_typed(const PredNetErrorForward& p) {
       Vectorized<T> sum(T(0));
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t m = std::min(V, rs.inner - j);
-        Vectorized<T> r;
+        Vectorized<T> r(T(0));  // set by activate()
         const auto pv = activate(load<T>(ah, j, m), p.opt, clip, r);
         const auto d = pv - load<T>(a, j, m);
         const auto pos = relu(d), neg = relu(d.neg());
@@ -111,7 +111,7 @@ void backward_typed(const PredNetErrorBackward& p) {
           has_mean ? static_cast<T>(static_cast<const G*>(p.grad_e_mean)[n]) / count : T(0));
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t m = std::min(V, rs.inner - j);
-        Vectorized<T> r;
+        Vectorized<T> r(T(0));  // set by activate()
         const auto d = activate(load<T>(ah, j, m), p.opt, clip, r) - load<T>(a, j, m);
         auto g_pos = has_e ? load<T>(ge_pos, j, m) : zero;
         auto g_neg = has_e ? load<T>(ge_neg, j, m) : zero;

@@ -78,6 +78,12 @@ template <> struct Store<__nv_bfloat16> {
 template <typename X, typename T>
 PK_HD void store(X* p, T v) { Store<X>::put(p, v); }
 
+// A double rounded once into X (store() goes through float for the half types).
+PK_HD void store_once(float* p, double v) { *p = static_cast<float>(v); }
+PK_HD void store_once(double* p, double v) { *p = v; }
+PK_HD void store_once(__half* p, double v) { *p = __double2half(v); }
+PK_HD void store_once(__nv_bfloat16* p, double v) { *p = __double2bfloat16(v); }
+
 PK_HD float op_exp(float x) { return expf(x); }
 PK_HD double op_exp(double x) { return exp(x); }
 PK_HD float op_tanh(float x) { return tanhf(x); }
@@ -164,16 +170,15 @@ struct Layout {
 
 // Channels vary fastest when their stride in the output is the smaller one (channels_last), or
 // when there is a single spatial position (plain LSTM); else space varies fastest (NCHW).
+inline bool channels_fast(int64_t C, int64_t S, const View3& out) {
+  if (S == 1) return true;
+  if (C == 1) return false;
+  return std::llabs(static_cast<long long>(out.sc)) < std::llabs(static_cast<long long>(out.ss));
+}
+
 template <typename I>
 Layout<I> make_layout(int64_t C, int64_t S, const View3& out) {
-  bool chan_fast;
-  if (S == 1)
-    chan_fast = true;
-  else if (C == 1)
-    chan_fast = false;
-  else
-    chan_fast = std::llabs(static_cast<long long>(out.sc)) <
-                std::llabs(static_cast<long long>(out.ss));
+  const bool chan_fast = channels_fast(C, S, out);
   Layout<I> l;
   l.chan_fast = chan_fast;
   l.fast = DivMod<I>(chan_fast ? C : S);
@@ -221,6 +226,12 @@ inline unsigned int grid_for(int64_t n) {
   const int64_t cap = std::numeric_limits<int32_t>::max();  // gridDim.x limit; the loop covers the rest
   if (blocks > cap) blocks = cap;
   return static_cast<unsigned int>(blocks);
+}
+
+// One block per work item (`work` of them); kernels loop over the items past the grid limit.
+inline unsigned int blocks_for(int64_t work) {
+  const int64_t cap = std::numeric_limits<int32_t>::max();
+  return static_cast<unsigned int>(work < cap ? work : cap);
 }
 
 // True when there is nothing to do (some size is 0); throws on a negative size.

@@ -32,26 +32,6 @@ namespace decoupling_loss_cuda {
 
 using namespace cuda_detail;
 
-// double -> X rounded once (common.cuh's store goes through float for the half types).
-PK_HD void store_once(float* p, double v) { *p = static_cast<float>(v); }
-PK_HD void store_once(double* p, double v) { *p = v; }
-PK_HD void store_once(__half* p, double v) { *p = __double2half(v); }
-PK_HD void store_once(__nv_bfloat16* p, double v) { *p = __double2bfloat16(v); }
-
-// Blocks for `work` block-sized work items (the kernels loop over the rest).
-inline unsigned int blocks_for(int64_t work) {
-  const int64_t cap = std::numeric_limits<int32_t>::max();
-  return static_cast<unsigned int>(std::min(work, cap));
-}
-
-// make_layout's rule, without its DivMods (S may be 0 here): channels are the fast dim when their
-// stride is the smaller one, or when there is a single spatial position.
-inline bool channels_fast(int64_t C, int64_t S, const View3& v) {
-  if (S == 1) return true;
-  if (C == 1) return false;
-  return std::llabs(static_cast<long long>(v.sc)) < std::llabs(static_cast<long long>(v.ss));
-}
-
 // Smallest power of two >= n, capped at `cap` (a power of two); 1 for n <= 1.
 inline int pow2_at_least(int64_t n, int cap) {
   int v = 1;

@@ -52,12 +52,6 @@ PK_HD T round_as(T v) {
   return static_cast<T>(to_op(t));
 }
 
-// double -> X rounded once (common.cuh's store goes through float for the half types).
-PK_HD void store_once(float* p, double v) { *p = static_cast<float>(v); }
-PK_HD void store_once(double* p, double v) { *p = v; }
-PK_HD void store_once(__half* p, double v) { *p = __double2half(v); }
-PK_HD void store_once(__nv_bfloat16* p, double v) { *p = __double2bfloat16(v); }
-
 // clip_max as the kernels compare it: rounded to the tensors' dtype (as torch casts the Scalar
 // bound), then widened to the math type.
 template <typename X>
@@ -65,11 +59,6 @@ OpMath<X> clip_value(double clip_max) {
   X t;
   store_once(&t, clip_max);
   return static_cast<OpMath<X>>(to_op(t));
-}
-
-inline unsigned int blocks_for(int64_t work) {
-  const int64_t cap = std::numeric_limits<int32_t>::max();
-  return static_cast<unsigned int>(std::min(work, cap));
 }
 
 // ---------------------------------------------------------------------------------------------

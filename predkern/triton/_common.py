@@ -100,6 +100,17 @@ def _st(ptr, off, val, mask):
 
 
 @triton.jit
+def _st64(ptr, off, val, mask):
+    """_st of a float64 value; into a 16-bit dtype through float32, as torch converts a double
+    (c10::Half / BFloat16 are built from float), and as the interpreter can (its direct
+    float64 -> bfloat16 cast is wrong)."""
+    if ptr.dtype.element_ty.primitive_bitwidth < 32:
+        _st(ptr, off, val.to(tl.float32), mask)
+    else:
+        _st(ptr, off, val, mask)
+
+
+@triton.jit
 def _tile(C, S, n_ct, n_st, LARGE: tl.constexpr, CH_FAST: tl.constexpr,
           BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Batch index, channel indices (BLOCK_C, 1), space indices (1, BLOCK_S), C and mask."""

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _INT32_MAX, _NUM_WARPS, _TILE, _geometry, _ld, _s3, _st, _tile
+from ._common import _INT32_MAX, _NUM_WARPS, _TILE, _geometry, _ld, _s3, _st64, _tile
 
 __all__ = ["forward", "backward"]
 
@@ -39,17 +39,6 @@ _SUM_BLOCK = 1024  # rows per step of the one-program final sum
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
-@triton.jit
-def _st64(ptr, off, val, mask):
-    """_st of a float64 value; into a 16-bit dtype through float32, as torch converts a double
-    (c10::Half / BFloat16 are built from float), and as the interpreter can (its direct
-    float64 -> bfloat16 cast is wrong)."""
-    if ptr.dtype.element_ty.primitive_bitwidth < 32:
-        _st(ptr, off, val.to(tl.float32), mask)
-    else:
-        _st(ptr, off, val, mask)
-
-
 @triton.jit
 def _decoupling_row(sxx, syy, sxy, inv_rows, HAS_K: tl.constexpr):
     """decoupling_row of csrc/decoupling_loss.h on float64 vectors: |cos| and k[0..3] (zeros when

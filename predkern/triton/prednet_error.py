@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ._common import (_INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st,
-                      _tile)
+                      _st64, _tile)
 
 __all__ = ["forward", "backward"]
 
@@ -113,10 +113,7 @@ def _prednet_error_mean_kernel(part_ptr, mean_ptr, P, count, BLOCK: tl.constexpr
     for i0 in range(0, P, BLOCK):
         i = i0 + tl.arange(0, BLOCK)
         acc += tl.load(base + i, mask=i < P, other=0.0)
-    mean = tl.sum(acc, axis=0) / count
-    if mean_ptr.dtype.element_ty.primitive_bitwidth < 32:
-        mean = mean.to(tl.float32)  # double -> half through float, as torch (and the interpreter)
-    _st(mean_ptr, n, mean, None)
+    _st64(mean_ptr, n, tl.sum(acc, axis=0) / count, None)
 
 
 @triton.jit
