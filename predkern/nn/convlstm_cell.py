@@ -40,7 +40,8 @@ class ConvLSTMCellNdrplz(nn.Module):
     """ndrplz/ConvLSTM_pytorch's cell, ``ConvLSTMCell(input_dim, hidden_dim, kernel_size, bias)``,
     ``forward(input_tensor, cur_state=(h, c)) -> (h, c)``: one conv over [x, h] (key
     ``conv.weight`` [4C, Cin+C, kh, kw] and ``conv.bias``), gate order i f o g, no forget bias.
-    The conv runs as two convs over x and h (the weight's two slices), so [x, h] is never built."""
+    The conv stays one conv over cat([x, h]) as in the peer: splitting it over x and h would copy
+    the two non-contiguous weight slices on every step instead, and launch a conv more."""
 
     def __init__(self, input_dim, hidden_dim, kernel_size, bias):
         super().__init__()
@@ -53,10 +54,8 @@ class ConvLSTMCellNdrplz(nn.Module):
 
     def forward(self, input_tensor, cur_state):
         h_cur, c_cur = cur_state
-        w = self.conv.weight
-        gates_x = torch.nn.functional.conv2d(input_tensor, w[:, :self.input_dim], padding=self.padding)
-        gates_h = torch.nn.functional.conv2d(h_cur, w[:, self.input_dim:], padding=self.padding)
-        return ops.convlstm_gates(gates_x, c_cur, gates_h, self.conv.bias, gate_order="ifog")
+        gates = self.conv(torch.cat([input_tensor, h_cur], dim=1))
+        return ops.convlstm_gates(gates, c_cur, gate_order="ifog")
 
     def init_hidden(self, batch_size, image_size):
         height, width = image_size
