@@ -1,76 +1,13 @@
-"""predkern.nn cells against the peers' cells written here in plain PyTorch from SPEC.md: a peer's
+"""predkern.nn cells against the peers' cells written in plain PyTorch from SPEC.md (tests/peers.py): a peer's
 state_dict loads with strict=True, outputs and every parameter's gradient match, float64 and
 float32, on every backend."""
 import pytest
 import torch
-from torch import nn
 
 import predkern.nn as pknn
 from predkern import backends
 from conftest import backend_device
-
-
-def seq_conv(cin, cout, k, norm_shape=None):
-    layers = [nn.Conv2d(cin, cout, k, padding=k // 2, bias=False)]
-    if norm_shape:
-        layers.append(nn.LayerNorm(norm_shape))
-    return nn.Sequential(*layers)
-
-
-class PeerSTLSTM(nn.Module):
-    """thuml/OpenSTL SpatioTemporalLSTMCell (v2 when deltas=True), from SPEC.md sections 2 and 6."""
-
-    def __init__(self, cin, C, H, W, k, layer_norm, deltas):
-        super().__init__()
-        self.C, self.deltas = C, deltas
-        n = (lambda b: [b * C, H, W]) if layer_norm else (lambda b: None)
-        self.conv_x, self.conv_h = seq_conv(cin, 7 * C, k, n(7)), seq_conv(C, 4 * C, k, n(4))
-        self.conv_m, self.conv_o = seq_conv(C, 3 * C, k, n(3)), seq_conv(2 * C, C, k, n(1))
-        self.conv_last = nn.Conv2d(2 * C, C, 1, bias=False)
-
-    def forward(self, x, h, c, m):
-        i_x, f_x, g_x, i_xp, f_xp, g_xp, o_x = torch.split(self.conv_x(x), self.C, dim=1)
-        i_h, f_h, g_h, o_h = torch.split(self.conv_h(h), self.C, dim=1)
-        i_m, f_m, g_m = torch.split(self.conv_m(m), self.C, dim=1)
-        i, f, g = torch.sigmoid(i_x + i_h), torch.sigmoid(f_x + f_h + 1.0), torch.tanh(g_x + g_h)
-        delta_c = i * g
-        c_new = f * c + delta_c
-        ip, fp, gp = torch.sigmoid(i_xp + i_m), torch.sigmoid(f_xp + f_m + 1.0), torch.tanh(g_xp + g_m)
-        delta_m = ip * gp
-        m_new = fp * m + delta_m
-        mem = torch.cat((c_new, m_new), 1)
-        h_new = torch.sigmoid(o_x + o_h + self.conv_o(mem)) * torch.tanh(self.conv_last(mem))
-        return (h_new, c_new, m_new, delta_c, delta_m) if self.deltas else (h_new, c_new, m_new)
-
-
-class PeerOpenSTLConvLSTM(nn.Module):
-    def __init__(self, cin, C, H, W, k, layer_norm):
-        super().__init__()
-        self.C = C
-        n = (lambda b: [b * C, H, W]) if layer_norm else (lambda b: None)
-        self.conv_x, self.conv_h, self.conv_o = seq_conv(cin, 4 * C, k, n(4)), seq_conv(C, 4 * C, k, n(4)), \
-            seq_conv(2 * C, C, k, n(1))
-        self.conv_last = nn.Conv2d(2 * C, C, 1, bias=False)
-
-    def forward(self, x, h, c):
-        i_x, f_x, g_x, o_x = torch.split(self.conv_x(x), self.C, dim=1)
-        i_h, f_h, g_h, o_h = torch.split(self.conv_h(h), self.C, dim=1)
-        c_new = torch.sigmoid(f_x + f_h) * c + torch.sigmoid(i_x + i_h) * torch.tanh(g_x + g_h)
-        return torch.sigmoid(o_x + o_h) * torch.tanh(c_new), c_new
-
-
-class PeerNdrplzConvLSTM(nn.Module):
-    def __init__(self, input_dim, hidden_dim, kernel_size, bias):
-        super().__init__()
-        self.hidden_dim = hidden_dim
-        self.conv = nn.Conv2d(input_dim + hidden_dim, 4 * hidden_dim, kernel_size,
-                              padding=(kernel_size[0] // 2, kernel_size[1] // 2), bias=bias)
-
-    def forward(self, input_tensor, cur_state):
-        h, c = cur_state
-        cc_i, cc_f, cc_o, cc_g = torch.split(self.conv(torch.cat([input_tensor, h], dim=1)), self.hidden_dim, dim=1)
-        c_next = torch.sigmoid(cc_f) * c + torch.sigmoid(cc_i) * torch.tanh(cc_g)
-        return torch.sigmoid(cc_o) * torch.tanh(c_next), c_next
+from peers import PeerNdrplzConvLSTM, PeerOpenSTLConvLSTM, PeerSTLSTM
 
 
 def compare(backend, peer, ours, inputs, dtype, rel):

@@ -48,30 +48,43 @@ class SpatioTemporalLSTMCell(nn.Module):
         self.conv_last = nn.Conv2d(2 * C, C, kernel_size=1, stride=1, padding=0, bias=False)
 
     def forward(self, x_t, h_t, c_t, m_t):
-        x_cat, h_cat, m_cat = self.conv_x(x_t), self.conv_h(h_t), self.conv_m(m_t)
-        mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c_t, m_t, forget_bias=self._forget_bias,
-                                                  return_deltas=self.returns_deltas)
-        o_conv, last_conv = self._conv_o_and_last(mem)
-        h_new = ops.stlstm_output(x_cat, h_cat, o_conv, last_conv)
-        c_new, m_new = mem.chunk(2, dim=1)
-        if self.returns_deltas:
-            return h_new, c_new, m_new, delta_c, delta_m
-        return h_new, c_new, m_new
+        return fused_stlstm_step(self, x_t, h_t, c_t, m_t, self.returns_deltas)
 
-    def _conv_o_and_last(self, mem):
-        """conv_o(mem) and conv_last(mem). On a GPU, where a step at training sizes is bound by
-        launches, they run as one conv: conv_last's 1x1 weight zero-padded to k x k beside
-        conv_o's. On a CPU, bound by FLOPs, the padded weight would cost k*k times conv_last's
-        work, so they stay two convs."""
-        conv_o = self.conv_o[0]
-        if mem.is_cuda and conv_o.stride == (1, 1):
-            p = self.padding
-            weight = torch.cat([conv_o.weight, F.pad(self.conv_last.weight, (p, p, p, p))], dim=0)
-            o_conv, last_conv = F.conv2d(mem, weight, padding=p).chunk(2, dim=1)
-            if len(self.conv_o) > 1:
-                o_conv = self.conv_o[1](o_conv)
-            return o_conv, last_conv
-        return self.conv_o(mem), self.conv_last(mem)
+
+def fused_stlstm_step(cell: nn.Module, x_t, h_t, c_t, m_t, deltas: bool):
+    """One ST-LSTM step of any module laid out as the peers' cell (conv_x, conv_h, conv_m, conv_o
+    as Sequential(conv[, LayerNorm]), conv_last), on the two fused stages: this cell's forward,
+    and the forward predkern.patch gives a peer's cell. Returns (h, c, m[, delta_c, delta_m])."""
+    x_cat, h_cat, m_cat = cell.conv_x(x_t), cell.conv_h(h_t), cell.conv_m(m_t)
+    mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c_t, m_t,
+                                              forget_bias=getattr(cell, "_forget_bias", 1.0), return_deltas=deltas)
+    o_conv, last_conv = _conv_o_and_last(cell, mem)
+    h_new = ops.stlstm_output(x_cat, h_cat, o_conv, last_conv)
+    c_new, m_new = mem.chunk(2, dim=1)
+    if deltas:
+        return h_new, c_new, m_new, delta_c, delta_m
+    return h_new, c_new, m_new
+
+
+def _conv_o_and_last(cell, mem):
+    """conv_o(mem) and conv_last(mem). On a GPU, where a step at training sizes is bound by
+    launches, they run as one conv: conv_last's 1x1 weight zero-padded to k x k beside
+    conv_o's. On a CPU, bound by FLOPs, the padded weight would cost k*k times conv_last's
+    work, so they stay two convs."""
+    conv_o, conv_last = cell.conv_o[0], cell.conv_last
+    k = conv_o.kernel_size[0]
+    plain = dict(stride=(1, 1), dilation=(1, 1), groups=1, padding_mode="zeros")
+    if mem.is_cuda and conv_o.kernel_size == (k, k) and conv_o.padding == (k // 2, k // 2) \
+            and conv_last.kernel_size == (1, 1) and conv_last.padding == (0, 0) \
+            and all(getattr(conv, name) == value for conv in (conv_o, conv_last) for name, value in plain.items()) \
+            and conv_o.bias is None and conv_last.bias is None:
+        p = k // 2
+        weight = torch.cat([conv_o.weight, F.pad(conv_last.weight, (p, p, p, p))], dim=0)
+        o_conv, last_conv = F.conv2d(mem, weight, padding=p).chunk(2, dim=1)
+        if len(cell.conv_o) > 1:
+            o_conv = cell.conv_o[1](o_conv)
+        return o_conv, last_conv
+    return cell.conv_o(mem), cell.conv_last(mem)
 
 
 class SpatioTemporalLSTMCellv2(SpatioTemporalLSTMCell):

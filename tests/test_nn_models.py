@@ -1,0 +1,231 @@
+"""predkern.nn models (PredRNN, PredRNN-V2, ConvLSTM) against the peers' models written in plain
+PyTorch (tests/peers.py): strict state_dict load, next frames, loss and every parameter's gradient,
+float64 and float32, on every backend; checkpoints both ways; the sampling schedules and patch
+space; compile; bad configs."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import predkern.nn as pknn
+from predkern import backends
+from conftest import backend_device
+from peers import PeerRecurrentModel
+
+MODELS = {"predrnn": pknn.PredRNN, "predrnn_v2": pknn.PredRNNv2, "convlstm": pknn.ConvLSTM}
+
+
+def thuml_configs(**overrides):
+    configs = dict(img_width=8, img_channel=1, patch_size=2, filter_size=3, stride=1, layer_norm=0,
+                   input_length=3, total_length=5, reverse_scheduled_sampling=0, decouple_beta=0.1)
+    configs.update(overrides)
+    return SimpleNamespace(**configs)
+
+
+def openstl_configs(**overrides):
+    configs = dict(in_shape=(5, 1, 8, 12), patch_size=2, filter_size=3, stride=1, layer_norm=0,
+                   pre_seq_length=3, aft_seq_length=2, total_length=5, reverse_scheduled_sampling=0, decouple_beta=0.1)
+    configs.update(overrides)
+    return SimpleNamespace(**configs)
+
+
+def make_pair(kind, num_hidden, configs):
+    ours = MODELS[kind](len(num_hidden), num_hidden, configs)
+    peer = PeerRecurrentModel(kind, num_hidden, configs)
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    return peer, ours
+
+
+def model_inputs(ours, B, generator):
+    f = ours.frame
+    frames = torch.rand(B, f.total_length, f.height, f.width, f.frame_channel, generator=generator,
+                        dtype=torch.float64)
+    steps = f.total_length - 2 if f.reverse_scheduled_sampling else f.total_length - f.input_length - 1
+    mask = (torch.rand(B, steps, generator=generator) < 0.5).double()
+    return frames, mask
+
+
+def run(model, frames, mask, backend=None):
+    """next_frames, loss and the gradient of every parameter (in state_dict order)."""
+    model.zero_grad()
+    if backend is None:
+        next_frames, loss = model(frames, mask)
+    else:
+        with backends.use(backend):
+            next_frames, loss = model(frames, mask)
+    loss.backward()
+    return next_frames.detach(), loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def assert_close(name, want, got, rel):
+    assert (want is None) == (got is None), name
+    if want is None:
+        return
+    scale = max(1.0, want.abs().max().item())
+    err = (want.double() - got.double()).abs().max().item() / scale
+    assert err <= rel, f"{name}: {err:.3g} relative to {scale:.3g}"
+
+
+def compare_models(backend, peer, ours, dtype, rel, B=2):
+    device = backend_device(backend)
+    gen = torch.Generator().manual_seed(3)
+    frames, mask = model_inputs(ours, B, gen)
+    f = ours.frame
+    peer_mask = pknn.expand_mask(mask, f.height, f.width, f.frame_channel)
+    peer, ours = peer.to(device, dtype), ours.to(device, dtype)
+    want = run(peer, frames.to(device, dtype), peer_mask.to(device, dtype))
+    for our_mask in (mask, peer_mask):  # the compact mask and the peers' layout
+        got = run(ours, frames.to(device, dtype), our_mask.to(device, dtype), backend)
+        assert_close("next_frames", want[0], got[0], rel)
+        assert_close("loss", want[1], got[1], rel)
+        assert set(want[2]) == set(got[2])
+        for name in want[2]:
+            assert_close(f"grad {name}", want[2][name], got[2][name], rel)
+    return want
+
+
+DTYPES = [(torch.float64, 1e-11), (torch.float32, 2e-5)]
+
+
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])
+@pytest.mark.parametrize("reverse", [0, 1], ids=["scheduled", "reverse"])
+@pytest.mark.parametrize("kind", ["predrnn", "predrnn_v2"])
+def test_predrnn_matches_peer(backend, kind, reverse, dtype, rel):
+    peer, ours = make_pair(kind, [4, 4], thuml_configs(reverse_scheduled_sampling=reverse))
+    compare_models(backend, peer, ours, dtype, rel)
+
+
+@pytest.mark.parametrize("kind", ["predrnn", "predrnn_v2"])
+def test_predrnn_layer_norm_non_square_openstl(backend, kind):
+    peer, ours = make_pair(kind, [3, 3], openstl_configs(layer_norm=1, reverse_scheduled_sampling=1))
+    assert (ours.frame.height, ours.frame.width) == (4, 6)
+    compare_models(backend, peer, ours, torch.float64, 1e-11)
+
+
+@pytest.mark.parametrize("reverse", [0, 1], ids=["scheduled", "reverse"])
+def test_convlstm_model_matches_peer(backend, reverse):
+    peer, ours = make_pair("convlstm", [3, 5], openstl_configs(reverse_scheduled_sampling=reverse))
+    compare_models(backend, peer, ours, torch.float64, 1e-11)
+
+
+def test_decoupling_term_matters():
+    """The v2 loss is MSE + beta * decoupling: a different beta changes the loss by beta times
+    the decoupling term, which lies in [0, 1]."""
+    peer, ours = make_pair("predrnn_v2", [4, 4], thuml_configs())
+    frames, mask = model_inputs(ours, 2, torch.Generator().manual_seed(0))
+    ours.double()
+    _, loss = ours(frames, mask)
+    zero_beta = pknn.PredRNNv2(2, [4, 4], thuml_configs(decouple_beta=0.0)).double()
+    zero_beta.load_state_dict(ours.state_dict())
+    _, mse = zero_beta(frames, mask)
+    decouple = (loss - mse).item() / 0.1
+    assert 0.0 < decouple <= 1.0
+
+
+def test_thuml_checkpoint_round_trip(tmp_path):
+    peer, _ = make_pair("predrnn_v2", [4, 4], thuml_configs(layer_norm=1))
+    path = tmp_path / "model.ckpt-100"
+    torch.save({"net_param": peer.state_dict()}, path)  # what thuml's Model.save writes
+    ours = pknn.PredRNNv2(2, [4, 4], thuml_configs(layer_norm=1))
+    pknn.load_checkpoint(ours, str(path))
+    for name, tensor in peer.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+    back = PeerRecurrentModel("predrnn_v2", [4, 4], thuml_configs(layer_norm=1))
+    back.load_state_dict(pknn.thuml_checkpoint(ours)["net_param"], strict=True)
+    for name, tensor in back.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+    lightning = {"state_dict": {f"model.{k}": v for k, v in peer.state_dict().items()}}
+    pknn.load_checkpoint(pknn.PredRNNv2(2, [4, 4], thuml_configs(layer_norm=1)), lightning)
+
+
+def test_model_compiles_without_graph_break():
+    backend = "cpu" if backends.unavailable_reason("cpu", "cpu") is None else "reference"
+    model = pknn.PredRNNv2(2, [4, 4], thuml_configs(total_length=4, reverse_scheduled_sampling=1))
+    frames, mask = model_inputs(model, 2, torch.Generator().manual_seed(0))
+    frames, mask = frames.float(), mask.float()
+    with backends.use(backend):
+        eager = model(frames, mask)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(frames, mask)
+    torch.testing.assert_close(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1], eager[1])
+
+
+def test_bad_configs_raise():
+    with pytest.raises(ValueError, match="same width"):
+        pknn.PredRNNv2(2, [4, 8], thuml_configs())
+    with pytest.raises(ValueError, match="num_hidden"):
+        pknn.PredRNN(3, [4, 4], thuml_configs())
+    with pytest.raises(ValueError, match="patch_size"):
+        pknn.PredRNN(1, [4], thuml_configs(img_width=7))
+    with pytest.raises(ValueError, match="total_length"):
+        pknn.ConvLSTM(1, [4], thuml_configs(input_length=5))
+    with pytest.raises(ValueError, match="lacks 'filter_size'"):
+        pknn.PredRNN(1, [4], SimpleNamespace(img_width=8, input_length=1, total_length=2))
+    # thuml's configs describe square frames; its LayerNorms cannot take others
+    model = pknn.PredRNN(1, [4], thuml_configs(layer_norm=1))
+    frames = torch.rand(2, 5, 4, 6, 4)
+    with pytest.raises(ValueError, match="square"):
+        model(frames, torch.ones(2, 1))
+    model = pknn.PredRNN(1, [4], thuml_configs())
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.rand(2, 5, 4, 4, 3), torch.ones(2, 1))
+    with pytest.raises(ValueError, match="mask_true"):
+        model(torch.rand(2, 5, 4, 4, 4), torch.ones(3, 1))
+    with pytest.raises(ValueError, match="frames"):
+        model(torch.rand(2, 4, 4, 4, 4), torch.ones(2, 1))
+
+
+def test_non_square_frames_without_layer_norm_run():
+    """Without layer_norm thuml's model runs on frames of any size, so ours must too."""
+    peer = PeerRecurrentModel("predrnn", [4], thuml_configs())
+    ours = pknn.PredRNN(1, [4], thuml_configs())
+    ours.load_state_dict(peer.state_dict())
+    frames, mask = torch.rand(2, 5, 4, 6, 4), torch.ones(2, 1)
+    torch.testing.assert_close(ours(frames, mask)[1], peer(frames, pknn.expand_mask(mask, 4, 6, 4))[1])
+
+
+def test_reverse_schedule_probs():
+    s1, s2, alpha = 100, 300, 50
+    assert pknn.reverse_schedule_probs(99, s1, s2, alpha) == (0.5, 0.5)
+    assert pknn.reverse_schedule_probs(100, s1, s2, alpha) == (0.5, 0.5)
+    r_eta, eta = pknn.reverse_schedule_probs(150, s1, s2, alpha)
+    assert r_eta == pytest.approx(1 - 0.5 * math.exp(-1.0)) and eta == pytest.approx(0.375)
+    assert pknn.reverse_schedule_probs(299, s1, s2, alpha)[1] == pytest.approx(0.5 / 200)
+    assert pknn.reverse_schedule_probs(300, s1, s2, alpha) == (1.0, 0.0)
+
+
+def test_reverse_schedule_mask():
+    gen = torch.Generator().manual_seed(0)
+    mask = pknn.reverse_schedule_sampling_exp(200, 4000, 10, 20, r_sampling_step_1=100, r_sampling_step_2=300,
+                                              r_exp_alpha=50, generator=gen)
+    assert mask.shape == (4000, 18) and set(mask.unique().tolist()) <= {0.0, 1.0}
+    r_eta, eta = pknn.reverse_schedule_probs(200, 100, 300, 50)
+    encoder, decoder = mask[:, :9].mean().item(), mask[:, 9:].mean().item()
+    assert abs(encoder - r_eta) < 0.01 and abs(decoder - eta) < 0.01
+    late = pknn.reverse_schedule_sampling_exp(10**6, 8, 10, 20)
+    assert torch.equal(late[:, :9], torch.ones(8, 9)) and torch.equal(late[:, 9:], torch.zeros(8, 9))
+
+
+def test_schedule_sampling():
+    eta, mask = pknn.schedule_sampling(1.0, 1, 3000, 10, 20, sampling_changing_rate=0.25)
+    assert eta == 0.75 and mask.shape == (3000, 9)
+    assert abs(mask.mean().item() - 0.75) < 0.02
+    eta, mask = pknn.schedule_sampling(0.5, 60000, 4, 10, 20)
+    assert eta == 0.0 and not mask.any()
+    eta, mask = pknn.schedule_sampling(0.5, 1, 4, 10, 20, scheduled_sampling=False)
+    assert eta == 0.0 and mask.shape == (4, 9) and not mask.any()
+
+
+def test_reshape_patch():
+    B, T, H, W, C, p = 2, 3, 6, 4, 3, 2
+    frames = torch.randn(B, T, H, W, C)
+    patches = pknn.reshape_patch(frames, p)
+    assert patches.shape == (B, T, H // p, W // p, p * p * C)
+    for y in range(H):
+        for x in range(W):
+            channels = patches[:, :, y // p, x // p, ((y % p) * p + x % p) * C:((y % p) * p + x % p + 1) * C]
+            assert torch.equal(channels, frames[:, :, y, x])
+    assert torch.equal(pknn.reshape_patch_back(patches, p), frames)
+    with pytest.raises(ValueError, match="patch_size"):
+        pknn.reshape_patch(frames, 4)
