@@ -13,11 +13,17 @@ from predkern import backends  # noqa: E402
 HAS_GPU = torch.cuda.is_available()
 
 
+RUN_SLOW = os.environ.get("PREDKERN_RUN_SLOW") == "1"
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_slow = pytest.mark.skip(reason="slow (minutes): run with PREDKERN_RUN_SLOW=1")
     for item in items:
         if "gpu" in item.keywords and not HAS_GPU:
             item.add_marker(skip_gpu)
+        if "slow" in item.keywords and not RUN_SLOW:
+            item.add_marker(skip_slow)
 
 
 def backend_device(backend: str) -> str:
