@@ -95,6 +95,11 @@ class RecurrentFramePredictor(nn.Module):
         frames = self._frames(frames_tensor)
         B, _, _, H, W = frames.shape
         self._check_mask(mask_true, B)
+        if mask_true.dim() == 5:
+            # the peers' (B, steps, h, w, c) -> (B, steps, c, h, w), copied once as they do: a
+            # permuted view would hand its channels-last strides to every step's input, and on
+            # to every conv and state after it
+            mask_true = mask_true.permute(0, 1, 4, 2, 3).contiguous()
         state = self.initial_state(B, H, W, frames)
         next_frames = []
         x_gen = None
@@ -162,6 +167,4 @@ class RecurrentFramePredictor(nn.Module):
         mask = mask_true[:, j]
         if mask.dim() == 1:  # compact (B, steps) mask
             mask = mask.view(-1, 1, 1, 1)
-        else:  # the peers' (B, steps, h, w, c): a view, not their permuted copy
-            mask = mask.permute(0, 3, 1, 2)
         return mask * frames[:, t] + (1 - mask) * x_gen
