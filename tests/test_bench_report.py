@@ -33,3 +33,12 @@ def test_wrong_result_is_reported_not_timed():
     row = wrong
     assert "WRONG" in report.markdown({"environment": report.environment("cpu"), "backends": {},
                                        "results": [row]})
+
+
+def test_training_iteration_case_is_checked_and_timed():
+    """predkern's PredRNN-V2 training iteration against thuml's plain model, same weights."""
+    (case,) = cases.cases(["small"], ["predrnn_v2_train"])
+    rows = runner.run_group(case, ["eager", "predkern-cpu"], "forward+backward", "cpu", budget_s=0.01, min_repeats=2)
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["max_rel_error"] <= runner.TOLERANCE and row["samples_s"]

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -160,6 +161,44 @@ def _prednet_case(shape_name, B, C, H, W, clip_max):
                 min_bytes=5 * B * C * H * W * 4)  # reads a, a_hat; writes e (2) and a_hat_out
 
 
+def _predrnn_v2_train_case(shape_name, B, C, layers, size, k, frames_in, frames_out):
+    """A PredRNN-V2 training iteration (reverse scheduled sampling, MSE + 0.1 * decoupling loss)
+    on patch-space frames (size x size, patch 4, 1 image channel): thuml's model in eager PyTorch
+    (predkern.bench.plain_predrnn) against predkern.nn.PredRNNv2 with the very same weights,
+    passed as inputs (torch.func.functional_call). Output: the loss."""
+    from predkern.bench.plain_predrnn import PlainPredRNNv2
+    from predkern.nn import PredRNNv2, expand_mask
+
+    T, patch = frames_in + frames_out, 4
+    configs = SimpleNamespace(img_width=size * patch, img_channel=1, patch_size=patch, filter_size=k, stride=1,
+                              layer_norm=0, input_length=frames_in, total_length=T, reverse_scheduled_sampling=1,
+                              decouple_beta=0.1)
+    plain, fused = PlainPredRNNv2(layers, [C] * layers, configs), PredRNNv2(layers, [C] * layers, configs)
+    shapes = {name: tuple(p.shape) for name, p in plain.named_parameters()}
+    weights = _rand_inputs(shapes, weights=tuple(shapes))
+
+    def make(device, dtype, requires_grad, generator):
+        inputs = weights(device, dtype, requires_grad, generator)
+        frames = torch.rand(B, T, size, size, patch * patch, generator=generator)
+        mask = (torch.rand(B, T - 2, generator=generator) < 0.5).float()
+        mask = expand_mask(mask, size, size, patch * patch).contiguous()  # thuml's layout, as its users pass it
+        return {**inputs, "frames": frames.to(device, dtype), "mask": mask.to(device, dtype)}
+
+    def loss_of(model):
+        def fn(frames, mask, **params):
+            return torch.func.functional_call(model, params, (frames, mask))[1]
+        return fn
+
+    return Case("predrnn_v2_train", shape_name, dict(B=B, C=C, layers=layers, H=size, W=size, k=k, T=T), make,
+                eager=loss_of(plain), fused=loss_of(fused), min_bytes=None)
+
+
+# name -> (B, C, layers, patch-space frame size, kernel, input frames, predicted frames)
+PREDRNN_TRAIN_SHAPES = {
+    "small": (2, 8, 2, 8, 3, 3, 3),
+    "train": (4, 32, 3, 16, 5, 10, 10),        # a CPU-sized PredRNN-V2 (issue 5's CPU target)
+    "mnist_train": (16, 128, 4, 16, 5, 10, 10),  # the paper's Moving MNIST config (64x64 frames, patch 4)
+}
 # name -> (terms, B, C, H, W)
 DECOUPLING_SHAPES = {
     "tiny": (1, 1, 4, 4, 4),
@@ -174,10 +213,10 @@ PREDNET_SHAPES = {
     "kitti1": (4, 48, 64, 80, None),   # PredNet KITTI layer 1
 }
 OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell", "decoupling_loss",
-       "decoupling_loss_per_term", "prednet_error")
+       "decoupling_loss_per_term", "prednet_error", "predrnn_v2_train")
 DEFAULT_SHAPES = ("tiny", "small")
-FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1")
-ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES}
+FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1", "train", "mnist_train")
+ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES, **PREDRNN_TRAIN_SHAPES}
 
 
 def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
@@ -192,6 +231,8 @@ def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
     out += [c for s in shapes if s in STLSTM_SHAPES for c in _stlstm_cases(s, *STLSTM_SHAPES[s])]
     out += [c for s in shapes if s in DECOUPLING_SHAPES for c in _decoupling_cases(s, *DECOUPLING_SHAPES[s])]
     out += [_prednet_case(s, *PREDNET_SHAPES[s]) for s in shapes if s in PREDNET_SHAPES]
+    out += [_predrnn_v2_train_case(s, *PREDRNN_TRAIN_SHAPES[s]) for s in shapes if s in PREDRNN_TRAIN_SHAPES
+            if op_names is None or "predrnn_v2_train" in op_names]
     return [c for c in out if op_names is None or c.op in op_names]
 
 
