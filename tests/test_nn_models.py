@@ -229,3 +229,24 @@ def test_reshape_patch():
     assert torch.equal(pknn.reshape_patch_back(patches, p), frames)
     with pytest.raises(ValueError, match="patch_size"):
         pknn.reshape_patch(frames, 4)
+
+
+def test_both_conv_layouts_agree():
+    """On a CPU the recurrence runs channels-last (weights converted once per sequence); the
+    contiguous layout (the GPU's) must give the same results and gradients."""
+    _, ours = make_pair("predrnn_v2", [4, 4], thuml_configs(layer_norm=1))
+    ours.double()
+    frames, mask = model_inputs(ours, 2, torch.Generator().manual_seed(0))
+    peer_mask = pknn.expand_mask(mask, 4, 4, 4)
+    results = []
+    for layout in (True, False):
+        ours.zero_grad()
+        next_frames, loss = ours(frames, peer_mask, _channels_last=layout)
+        loss.backward()
+        results.append((next_frames, loss, [p.grad.clone() for p in ours.parameters()]))
+        assert all(p.grad.is_contiguous() for p in ours.parameters())
+    (f1, l1, g1), (f2, l2, g2) = results
+    torch.testing.assert_close(f1, f2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -60,6 +60,18 @@ class FrameConfig:
                    decouple_beta=get("decouple_beta", 0.1))
 
 
+def _channels_last_convs(device) -> bool:
+    """Whether the recurrence runs channels-last: on a CPU with oneDNN, whose convs are faster
+    there (Inductor picks the same for CPU convs; under torch.compile it is left to Inductor)."""
+    if torch.compiler.is_compiling():
+        return False
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def _zeros(B, C, H, W, like, layout):
+    return torch.zeros(B, C, H, W, dtype=like.dtype, device=like.device).contiguous(memory_format=layout)
+
+
 class RecurrentFramePredictor(nn.Module):
     """A stack of cells run over `total_length - 1` steps on patch-space frames
     (B, T, h, w, p*p*C), each step's input chosen between the true frame and the last prediction
@@ -92,15 +104,21 @@ class RecurrentFramePredictor(nn.Module):
         (B, steps, h, w, p*p*C) or compact (B, steps) (see predkern.nn.sampling). Returns
         (next_frames (B, T-1, h, w, p*p*C), loss) with loss = MSE (+ the subclass's extra terms),
         or None when return_loss=False (OpenSTL's keyword)."""
-        frames = self._frames(frames_tensor)
+        channels_last = kwargs.pop("_channels_last", None)
+        if channels_last is None and _channels_last_convs(frames_tensor.device):
+            # the conv weights in channels-last once per sequence (differentiable copies), not
+            # once per conv call as each conv would otherwise convert them
+            weights = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
+                       for name, p in self.named_parameters()}
+            return torch.func.functional_call(self, weights, (frames_tensor, mask_true),
+                                              {"return_loss": return_loss, "_channels_last": True, **kwargs})
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        frames = self._frames(frames_tensor, layout)
         B, _, _, H, W = frames.shape
         self._check_mask(mask_true, B)
-        if mask_true.dim() == 5:
-            # the peers' (B, steps, h, w, c) -> (B, steps, c, h, w), copied once as they do: a
-            # permuted view would hand its channels-last strides to every step's input, and on
-            # to every conv and state after it
-            mask_true = mask_true.permute(0, 1, 4, 2, 3).contiguous()
-        state = self.initial_state(B, H, W, frames)
+        if mask_true.dim() == 5:  # the peers' (B, steps, h, w, c) -> (B, steps, c, h, w)
+            mask_true = self._as_layout(mask_true.permute(0, 1, 4, 2, 3), layout)
+        state = self.initial_state(B, H, W, frames, layout)
         next_frames = []
         x_gen = None
         for t in range(self.frame.total_length - 1):
@@ -114,8 +132,8 @@ class RecurrentFramePredictor(nn.Module):
             return next_frames, None
         return next_frames, self.MSE_criterion(next_frames, frames_tensor[:, 1:]) + self.extra_loss(state)
 
-    def initial_state(self, B, H, W, like) -> dict:
-        zeros = [torch.zeros(B, c, H, W, dtype=like.dtype, device=like.device) for c in self.num_hidden]
+    def initial_state(self, B, H, W, like, layout) -> dict:
+        zeros = [_zeros(B, c, H, W, like, layout) for c in self.num_hidden]
         return {"h": zeros, "c": list(zeros)}
 
     def step(self, net: Tensor, state: dict) -> Tensor:
@@ -124,7 +142,7 @@ class RecurrentFramePredictor(nn.Module):
     def extra_loss(self, state: dict):
         return 0.0
 
-    def _frames(self, frames_tensor):
+    def _frames(self, frames_tensor, layout):
         name, f = type(self).__name__, self.frame
         if frames_tensor.dim() != 5:
             raise ValueError(f"{name}: `frames_tensor` must be (batch, length, height, width, channels) in "
@@ -141,7 +159,14 @@ class RecurrentFramePredictor(nn.Module):
             raise ValueError(f"{name}: `frames_tensor` frames are {H}x{W} patches, but layer_norm was built for "
                              f"{f.height}x{f.width}{square}")
         # [batch, length, height, width, channel] -> [batch, length, channel, height, width]
-        return frames_tensor.permute(0, 1, 4, 2, 3).contiguous()
+        return self._as_layout(frames_tensor.permute(0, 1, 4, 2, 3), layout)
+
+    @staticmethod
+    def _as_layout(seq, layout):
+        """A (B, T, C, H, W) sequence whose steps seq[:, t] are in `layout`: the permuted
+        (B, T, H, W, C) view already is channels-last; contiguous needs the peers' one copy (a
+        view of mixed strides would hand them to every step's input, and on to every conv)."""
+        return seq if layout == torch.channels_last else seq.contiguous()
 
     def _check_mask(self, mask_true, B):
         f = self.frame

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from predkern import ops
-from predkern.nn._recurrent import RecurrentFramePredictor
+from predkern.nn._recurrent import RecurrentFramePredictor, _zeros
 from predkern.nn.stlstm_cell import SpatioTemporalLSTMCell, SpatioTemporalLSTMCellv2
 
 
@@ -26,9 +26,9 @@ class PredRNN(RecurrentFramePredictor):
             raise ValueError(f"{type(self).__name__}: every layer needs the same width, because the "
                              f"spatiotemporal memory passes from layer to layer; got num_hidden={self.num_hidden}")
 
-    def initial_state(self, B, H, W, like):
-        state = super().initial_state(B, H, W, like)
-        state["memory"] = torch.zeros(B, self.num_hidden[0], H, W, dtype=like.dtype, device=like.device)
+    def initial_state(self, B, H, W, like, layout):
+        state = super().initial_state(B, H, W, like, layout)
+        state["memory"] = _zeros(B, self.num_hidden[0], H, W, like, layout)
         return state
 
     def step(self, net: Tensor, state: dict) -> Tensor:
@@ -56,8 +56,8 @@ class PredRNNv2(PredRNN):
         super().__init__(num_layers, num_hidden, configs)
         self.adapter = nn.Conv2d(self.num_hidden[0], self.num_hidden[0], 1, stride=1, padding=0, bias=False)
 
-    def initial_state(self, B, H, W, like):
-        return {**super().initial_state(B, H, W, like), "delta_c": [], "delta_m": []}
+    def initial_state(self, B, H, W, like, layout):
+        return {**super().initial_state(B, H, W, like, layout), "delta_c": [], "delta_m": []}
 
     def collect_deltas(self, state, delta_c, delta_m):
         state["delta_c"].append(delta_c)
