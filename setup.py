@@ -40,6 +40,15 @@ def _extensions():
     return [CppExtension("predkern._C", sources, extra_compile_args={"cxx": cxx}, **args)]
 
 
+def _torch_requirement():
+    """The compiled extension links against this torch's C++ ABI, which changes between minor
+    versions: the package requires the minor version it was built with."""
+    import torch
+
+    major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+    return f"torch>={major}.{minor},<{major}.{minor + 1}"
+
+
 def _build_ext():
     from torch.utils.cpp_extension import BuildExtension
 
@@ -48,6 +57,7 @@ def _build_ext():
 
 setup(
     packages=find_packages(include=["predkern", "predkern.*"]),
+    install_requires=[_torch_requirement()],
     ext_modules=_extensions(),
     cmdclass={"build_ext": _build_ext()},
 )
