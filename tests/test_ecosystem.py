@@ -1,0 +1,370 @@
+"""predkern inside the tools users train with: DistributedDataParallel (gloo, two CPU processes),
+torch.save / torch.load of whole modules and of state_dicts, `.to(dtype)` and deepcopy of a
+patched model, and CPU autocast (bfloat16) around a PredRNN-V2 training step."""
+import copy
+import datetime
+import functools
+import gc
+import os
+import re
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import predkern
+import predkern.nn as pknn
+from predkern import backends
+from peers import PeerRecurrentModel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def thuml_configs(**overrides):
+    configs = dict(img_width=8, img_channel=1, patch_size=2, filter_size=3, stride=1, layer_norm=0,
+                   input_length=3, total_length=5, reverse_scheduled_sampling=1, decouple_beta=0.1)
+    configs.update(overrides)
+    return SimpleNamespace(**configs)
+
+
+def thuml_batch(B=2, T=5, size=4, channels=4, seed=0, dtype=torch.float64):
+    """Patch-space frames (B, T, h, w, p*p*C) and a compact reverse-sampling mask (B, T-2)."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = torch.rand(B, T, size, size, channels, generator=gen, dtype=dtype)
+    mask = (torch.rand(B, T - 2, generator=gen) < 0.5).to(dtype)
+    return frames, mask
+
+
+def sgd_steps(model, batches, lr=0.1):
+    """Plain SGD steps on `batches`; returns the losses."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for frames, mask in batches:
+        optimizer.zero_grad()
+        _, loss = model(frames, mask)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return losses
+
+
+# -- 1. DistributedDataParallel ------------------------------------------------------------------
+
+DDP_WORLD = 2
+DDP_TIMEOUT_S = 120.0  # generous: two interpreters importing torch on a 2-core machine take ~10 s
+
+
+def _ddp_worker(rank, world_size, init_file, inputs_path, out_dir, sys_path):
+    """One DDP rank (module level: spawn pickles it by name and re-imports this module). Loads the
+    shared model and batches, trains on its half of each batch, saves its parameters and losses."""
+    for entry in reversed(sys_path):  # spawn passes sys.path too; this makes it explicit
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import predkern  # noqa: F811 - imported inside the child on purpose
+    import predkern.nn as pknn  # noqa: F811
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        inputs = torch.load(inputs_path, weights_only=False)
+        model = pknn.PredRNNv2(2, [4, 4], inputs["configs"]).double()
+        model.load_state_dict(inputs["state_dict"])
+        ddp = DDP(model)
+        halves = []
+        for frames, mask in inputs["batches"]:
+            n = frames.shape[0] // world_size
+            halves.append((frames[rank * n:(rank + 1) * n], mask[rank * n:(rank + 1) * n]))
+        losses = sgd_steps(ddp, halves, lr=inputs["lr"])
+        torch.save({"params": {k: v.detach().clone() for k, v in model.named_parameters()},
+                    "losses": torch.stack(losses), "backend": predkern.backends.select("cpu"),
+                    "predkern_file": predkern.__file__},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+        # DDP (its Reducer) must go before the process group: torch 2.13's gloo DDP, even on a
+        # plain-PyTorch model, hangs now and then when it is freed after destroy_process_group
+        del ddp
+        gc.collect()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_spawned(fn, args, nprocs, timeout_s):
+    """mp.spawn without hanging: a worker's exception fails the caller (ProcessRaisedException),
+    and workers still running after `timeout_s` are killed and fail it too."""
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                pytest.fail(f"{fn.__name__}: workers still running after {timeout_s:.0f} s (hang?)")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+
+
+def test_predrnn_v2_ddp_two_processes_matches_single_process(tmp_path, monkeypatch):
+    """DDP over two gloo CPU ranks, each with half of every batch, ends two SGD steps with the
+    parameters of a single process on the full batches. Exact in float64 because (a) DDP
+    averages the ranks' gradients and (b) the loss of a full batch is the mean of its two halves'
+    losses: the MSE is a mean over elements, and the decoupling term a mean over the rows
+    (layer, step, sample, channel) of the stacked deltas, each half holding the same number of
+    rows of every (layer, step) term. (b) is checked directly below."""
+    torch.manual_seed(0)
+    configs = thuml_configs()
+    model = pknn.PredRNNv2(2, [4, 4], configs).double()
+    batches = [thuml_batch(B=4, seed=1), thuml_batch(B=4, seed=2)]
+    lr = 0.1
+
+    # (b): the full-batch loss is the mean of the half-batch losses, and so are its gradients
+    frames, mask = batches[0]
+    params = list(model.parameters())
+    full = model(frames, mask)[1]
+    halves = [model(frames[i:i + 2], mask[i:i + 2])[1] for i in (0, 2)]
+    torch.testing.assert_close(full, (halves[0] + halves[1]) / 2, rtol=1e-13, atol=0)
+    half_grads = [torch.autograd.grad(loss, params) for loss in halves]
+    for p, g, g0, g1 in zip(params, torch.autograd.grad(full, params), *half_grads):
+        torch.testing.assert_close(g, (g0 + g1) / 2, rtol=1e-11, atol=1e-14)
+
+    inputs_path = tmp_path / "inputs.pt"
+    torch.save({"configs": configs, "state_dict": model.state_dict(), "batches": batches, "lr": lr}, inputs_path)
+    single = copy.deepcopy(model)
+    want_losses = sgd_steps(single, batches, lr=lr)
+
+    # the children find predkern and this module (which spawn re-imports to unpickle the worker)
+    # through the sys.path handed to them, and through PYTHONPATH for anything they start
+    sys_path = [ROOT, HERE] + [p for p in sys.path if p]
+    env_path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([ROOT, HERE] + ([env_path] if env_path else [])))
+    _run_spawned(_ddp_worker, (DDP_WORLD, str(tmp_path / "rendezvous"), str(inputs_path), str(tmp_path), sys_path),
+                 DDP_WORLD, DDP_TIMEOUT_S)
+
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(DDP_WORLD)]
+    assert all(r["backend"] == "cpu" for r in results), [r["backend"] for r in results]  # the fused ops ran
+    assert all(r["predkern_file"] == predkern.__file__ for r in results), [r["predkern_file"] for r in results]
+    for name, p in single.named_parameters():
+        # every rank holds the same parameters, bit for bit (one allreduce result for all)
+        assert torch.equal(results[0]["params"][name], results[1]["params"][name]), name
+        torch.testing.assert_close(results[0]["params"][name], p.detach(), rtol=1e-12, atol=1e-14, msg=name)
+        assert not torch.equal(p.detach(), model.state_dict()[name]), f"{name} did not train"
+    # each step's full-batch loss is the mean of the two ranks' losses
+    rank_mean = (results[0]["losses"] + results[1]["losses"]) / 2
+    torch.testing.assert_close(rank_mean, torch.stack(want_losses), rtol=1e-13, atol=0)
+
+
+# -- 2. torch.save / torch.load ------------------------------------------------------------------
+
+def _prednet():
+    return pknn.PredNet(stack_sizes=(2, 4), R_stack_sizes=(2, 4), A_filt_sizes=(3,), Ahat_filt_sizes=(3, 3),
+                        R_filt_sizes=(3, 3), output_mode="all")
+
+
+class Zoo(nn.Module):
+    """A user's model holding predkern models and cells side by side."""
+
+    def __init__(self):
+        super().__init__()
+        configs = thuml_configs()
+        self.predrnn = pknn.PredRNNv2(2, [4, 4], configs)
+        self.convlstm = pknn.ConvLSTM(2, [4, 6], configs)
+        self.prednet = _prednet()
+        self.cells = nn.ModuleDict({
+            "stlstm": pknn.SpatioTemporalLSTMCell(3, 4, 4, 4, 3, 1, False),
+            "stlstm_v2": pknn.SpatioTemporalLSTMCellv2(3, 4, 4, 4, 3, 1, True),
+            "convlstm": pknn.ConvLSTMCell(3, 4, 4, 4, 3, 1, False),
+            "ndrplz": pknn.ConvLSTMCellNdrplz(3, 4, (3, 3), True),
+        })
+
+    def forward(self, frames, mask, prednet_frames, x, h, c, m):
+        """Everything each part returns, and the gradients of a loss over all of it."""
+        outs = {}
+        outs["predrnn"] = self.predrnn(frames, mask)
+        outs["convlstm"] = self.convlstm(frames, mask)
+        outs["prednet"] = self.prednet(prednet_frames)
+        for name in ("stlstm", "stlstm_v2"):
+            outs[name] = self.cells[name](x, h, c, m)
+        outs["convlstm_cell"] = self.cells["convlstm"](x, h, c)
+        outs["ndrplz"] = self.cells["ndrplz"](x, (h, c))
+        return outs
+
+
+def _zoo_inputs():
+    gen = torch.Generator().manual_seed(3)
+    frames, mask = thuml_batch(dtype=torch.float32, seed=4)
+    prednet_frames = torch.rand(2, 3, 2, 8, 8, generator=gen)
+    x, h, c, m = (torch.randn(2, k, 4, 4, generator=gen) for k in (3, 4, 4, 4))
+    return frames, mask, prednet_frames, x, h, c, m
+
+
+def _zoo_run(model, inputs):
+    """Flat list of every output, then of every parameter's gradient (of their summed means)."""
+    model.zero_grad()
+    outs = [t for value in model(*inputs).values() for t in (value if isinstance(value, tuple) else (value,))]
+    sum(t.float().mean() for t in outs).backward()
+    unused = {name for name, p in model.named_parameters() if p.grad is None}
+    # OpenSTL's ConvLSTM cell creates conv_o and conv_last and never uses them
+    assert all(re.search(r"(^|\.)(cell_list\.\d+|cells\.convlstm)\.conv_(o\.0|last)\.weight$", n) and "predrnn" not in n
+               for n in unused), sorted(unused)
+    return [t.detach() for t in outs] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def _assert_bitwise(got, want):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        assert torch.equal(a, b), f"tensor {i} differs: max |diff| {(a.double() - b.double()).abs().max().item()}"
+
+
+def test_save_load_whole_module_and_state_dict(tmp_path):
+    torch.manual_seed(0)
+    model = Zoo()
+    inputs = _zoo_inputs()
+    want = _zoo_run(model, inputs)
+    assert all(torch.isfinite(t).all() for t in want)
+    _assert_bitwise(_zoo_run(model, inputs), want)  # deterministic to begin with
+
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert type(loaded.predrnn) is pknn.PredRNNv2 and type(loaded.prednet) is pknn.PredNet
+    _assert_bitwise(_zoo_run(loaded, inputs), want)
+
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    torch.manual_seed(1)  # other initial weights, replaced by the loaded ones
+    fresh = Zoo()
+    assert not torch.equal(fresh.predrnn.adapter.weight, model.predrnn.adapter.weight)
+    fresh.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True), strict=True)
+    assert list(fresh.state_dict()) == list(model.state_dict())
+    _assert_bitwise(_zoo_run(fresh, inputs), want)
+
+
+# -- 3. patched models: .to(dtype), copies that own their modules --------------------------------
+
+def test_patched_model_to_float64_matches_unpatched_float64():
+    """tests/test_patch.py covers torch.save/load and deepcopy of a patched model; this covers
+    `.to(torch.float64)` after patching: the fused forward keeps running, on the converted
+    parameters, equal to the unpatched model converted the same way (outputs, loss, gradients)."""
+    torch.manual_seed(0)
+    for layer_norm in (0, 1):
+        configs = thuml_configs(layer_norm=layer_norm)
+        plain = PeerRecurrentModel("predrnn_v2", [4, 4], configs)
+        patched = copy.deepcopy(plain)
+        assert set(predkern.patch(patched)) == {"cell_list.0", "cell_list.1", ""}
+        patched.to(torch.float64)
+        plain.to(torch.float64)
+        assert "forward" in patched.__dict__ and "forward" in patched.cell_list[0].__dict__
+        assert all(p.dtype == torch.float64 for p in patched.parameters())
+        frames, mask = thuml_batch()
+        mask = pknn.expand_mask(mask, 4, 4, 4)
+        outs = []
+        for model in (plain, patched):
+            model.zero_grad()
+            next_frames, loss = model(frames, mask)
+            loss.backward()
+            outs.append((next_frames, loss, [p.grad for p in model.parameters()]))
+        (want_frames, want_loss, want_grads), (got_frames, got_loss, got_grads) = outs
+        assert got_frames.dtype == got_loss.dtype == torch.float64
+        torch.testing.assert_close(got_frames, want_frames, rtol=1e-11, atol=1e-13)
+        torch.testing.assert_close(got_loss, want_loss, rtol=1e-11, atol=0)
+        for (name, _), a, b in zip(plain.named_parameters(), want_grads, got_grads):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=name)
+        assert predkern.patch(patched) == {}  # still patched: nothing left to do
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "save_load"])
+def test_copy_of_patched_model_runs_on_its_own_weights(how, tmp_path):
+    """A copy of a patched PredRNN-V2 model must run its fused forward on the copy's submodules,
+    not on the original's: change the copy's weights (and its dtype), and only the copy changes."""
+    torch.manual_seed(0)
+    model = PeerRecurrentModel("predrnn_v2", [4, 4], thuml_configs())
+    predkern.patch(model)
+    frames, mask = thuml_batch(dtype=torch.float32)
+    mask = pknn.expand_mask(mask, 4, 4, 4)
+    want = model(frames, mask)[1].detach()
+    if how == "deepcopy":
+        clone = copy.deepcopy(model)
+    else:
+        torch.save(model, tmp_path / "patched.pt")
+        clone = torch.load(tmp_path / "patched.pt", weights_only=False)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(0.5)
+    clone.to(torch.float64)
+    assert "forward" in clone.__dict__ and "forward" in clone.cell_list[1].__dict__  # still patched
+    got = clone(frames.double(), mask.double())[1]
+    assert got.dtype == torch.float64
+    unpatched = copy.deepcopy(clone)
+    predkern.unpatch(unpatched)
+    torch.testing.assert_close(got, unpatched(frames.double(), mask.double())[1], rtol=1e-11, atol=0)
+    assert not torch.isclose(got.float(), want, rtol=1e-3).item()
+    assert torch.equal(model(frames, mask)[1].detach(), want)  # the original is untouched
+
+
+# -- 4. autocast ---------------------------------------------------------------------------------
+
+def _autocast_step(model, frames, mask, autocast, record=None):
+    """Forward and backward; returns next_frames, the loss and all gradients as one vector (both
+    float64). `record` gets, per cell call, the dtypes of (c, m) in, (h, c, m) out and the deltas."""
+    model.zero_grad()
+    hooks = []
+    if record is not None:
+        def hook(name, module, args, output):
+            _, _, c, m = args
+            record.append((name, [t.dtype for t in (c, m)], [t.dtype for t in output[:3]],
+                           [t.dtype for t in output[3:]]))
+        hooks = [cell.register_forward_hook(functools.partial(hook, f"cell_list.{i}"))
+                 for i, cell in enumerate(model.cell_list)]
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            next_frames, loss = model(frames, mask)
+        assert torch.isfinite(loss)
+        loss.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == p.dtype and torch.isfinite(g).all()
+               for g, p in zip(grads, model.parameters()))
+    return next_frames, loss.detach().double(), torch.cat([g.double().flatten() for g in grads])
+
+
+@pytest.mark.parametrize("layer_norm", [0, 1], ids=["plain", "layer_norm"])
+def test_predrnn_v2_autocast_bf16_training_step(layer_norm):
+    """Under CPU bf16 autocast the convs give bf16 gates, the cell states c and m stay float32 and
+    h takes the gates' dtype (SPEC.md section 5); the fused model's loss and gradients are no
+    further from the float64 model than plain PyTorch (predkern's reference backend) under the
+    same autocast: |fused - ref64| <= 2 |plain - ref64| + atol."""
+    torch.manual_seed(0)
+    model = pknn.PredRNNv2(2, [4, 4], thuml_configs(layer_norm=layer_norm))
+    frames, mask = thuml_batch(dtype=torch.float32, seed=5)
+
+    _, ref_loss, ref_grads = _autocast_step(copy.deepcopy(model).double(), frames.double(), mask.double(), False)
+    record = []
+    next_frames, fused_loss, fused_grads = _autocast_step(model, frames, mask, True, record)
+    with backends.use("reference"):
+        _, plain_loss, plain_grads = _autocast_step(model, frames, mask, True)
+
+    assert next_frames.dtype == torch.bfloat16  # conv_last ran in bf16
+    assert len(record) == 2 * 4  # two layers, total_length - 1 steps
+    for name, states_in, (h, c, m), deltas in record:
+        assert states_in == [torch.float32, torch.float32], (name, states_in)
+        assert (h, c, m) == (torch.bfloat16, torch.float32, torch.float32), name
+        assert deltas == [torch.bfloat16, torch.bfloat16], name
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+    # the loss is ~0.37, where a bf16 ulp is 2**-9 ~ 2e-3: atol is a quarter of one
+    fused_err, plain_err = (fused_loss - ref_loss).abs().item(), (plain_loss - ref_loss).abs().item()
+    assert fused_err <= 2 * plain_err + 5e-4, (fused_err, plain_err)
+    # the gradients, judged as one vector (per element, bf16 noise on tiny entries would decide)
+    fused_err = (fused_grads - ref_grads).norm().item()
+    plain_err = (plain_grads - ref_grads).norm().item()
+    assert fused_err <= 2 * plain_err + 1e-3 * ref_grads.norm().item(), (fused_err, plain_err)
