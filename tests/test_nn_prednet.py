@@ -275,7 +275,12 @@ def test_bad_frames_dtype_and_loss_arguments_raise():
             prednet_loss(**{"errors": errors, **kwargs})
 
 
-def test_compile_fullgraph_no_graph_break():
+@pytest.mark.parametrize("compiler", [
+    "aot_eager",
+    # Inductor's CPU codegen takes minutes here; aot_eager above checks the graph
+    pytest.param("inductor", marks=pytest.mark.slow),
+])
+def test_compile_fullgraph_matches_eager(compiler):
     """forward + loss as one graph (fullgraph raises on a graph break) on the cpu backend; loss
     and gradients equal eager's."""
     if backends.unavailable_reason("cpu", "cpu"):
@@ -289,29 +294,7 @@ def test_compile_fullgraph_no_graph_break():
     torch._dynamo.reset()
     params = list(ours.parameters())
     with backends.use("cpu"):
-        loss = torch.compile(step, fullgraph=True, backend="aot_eager")(frames)
-        grads = torch.autograd.grad(loss, [frames, *params])
-        loss_eager = step(frames)
-        grads_eager = torch.autograd.grad(loss_eager, [frames, *params])
-    torch.testing.assert_close(loss, loss_eager)
-    for g, ge in zip(grads, grads_eager):
-        torch.testing.assert_close(g, ge)
-
-
-@pytest.mark.slow  # Inductor's CPU codegen takes minutes here; the test above checks the graph with aot_eager
-def test_compile_inductor_matches_eager():
-    if backends.unavailable_reason("cpu", "cpu"):
-        pytest.skip("no compiled extension")
-    _, ours = make_pair(output_mode="error")
-    frames = torch.rand(2, 3, 2, 8, 12, requires_grad=True)
-
-    def step(frames):
-        return prednet_loss(ours(frames), "L_all")
-
-    torch._dynamo.reset()
-    params = list(ours.parameters())
-    with backends.use("cpu"):
-        loss = torch.compile(step, fullgraph=True)(frames)
+        loss = torch.compile(step, fullgraph=True, backend=compiler)(frames)
         grads = torch.autograd.grad(loss, [frames, *params])
         loss_eager = step(frames)
         grads_eager = torch.autograd.grad(loss_eager, [frames, *params])

@@ -116,7 +116,8 @@ class RecurrentFramePredictor(nn.Module):
         frames = self._frames(frames_tensor, layout)
         B, _, _, H, W = frames.shape
         self._check_mask(mask_true, B)
-        if mask_true.dim() == 5:  # the peers' (B, steps, h, w, c) -> (B, steps, c, h, w)
+        if isinstance(mask_true, Tensor) and mask_true.dim() == 5:
+            # the peers' (B, steps, h, w, c) -> (B, steps, c, h, w)
             mask_true = self._as_layout(mask_true.permute(0, 1, 4, 2, 3), layout)
         state = self.initial_state(B, H, W, frames, layout)
         next_frames = []
