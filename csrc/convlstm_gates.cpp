@@ -1,6 +1,7 @@
 // convlstm_gates for torch: argument checks, 3-D views, output allocation, autograd, and the CPU /
 // CUDA kernels of the schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 1).
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
@@ -40,14 +41,15 @@ GateAct gate_act_of(const std::string& act) {
 }
 
 // SPEC.md section 5: bad input raises before any kernel runs, naming the argument.
+// gate_dtype: the gates' dtype where gx is not the gates (the backward passes pre_act).
 void check_inputs(const Tensor& gx, const Tensor& c, const OptTensor& gh, const OptTensor& bias,
-                  const OptTensor& peep) {
+                  const OptTensor& peep, std::optional<at::ScalarType> gate_dtype = std::nullopt) {
   check_tensor(kOp, gx, "gates_x", gx);
   const int64_t C = check_stacked(kOp, gx, "gates_x", 4, "gates");
   const auto state_shape = with_channels(gx, C);
   check_tensor(kOp, c, "c", gx);
   check_shape(kOp, c, "c", state_shape, "(B, C, *spatial) with C = gates_x.size(1) / 4");
-  check_state_dtype(kOp, c, "c", gx.scalar_type());
+  check_state_dtype(kOp, c, "c", gate_dtype.value_or(gx.scalar_type()));
   if (gh) {
     check_tensor(kOp, *gh, "gates_h", gx);
     check_shape(kOp, *gh, "gates_h", gx.sizes(), "gates_x.shape");
@@ -86,7 +88,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& 
   // Outputs follow gates_x's memory format (SPEC.md section 5).
   const auto h_new = empty_like_format(c.sizes(), gx, gx.scalar_type());
   const auto c_new = empty_like_format(c.sizes(), gx, c.scalar_type());
-  const auto pre_act = save ? empty_like_format(gx.sizes(), gx, c.scalar_type()) : Tensor();
+  // pre_act in the compute dtype: a half pre-activation rounded onto a hard_sigmoid kink would
+  // give the backward an O(1) wrong gradient.
+  const auto pre_act = save ? empty_like_format(gx.sizes(), gx, at::toOpMathType(c.scalar_type())) : Tensor();
   if (h_new.numel() == 0) return {h_new, c_new, pre_act};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
@@ -115,9 +119,9 @@ std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTenso
                                          const OptTensor& peep, at::ScalarType gate_dtype,
                                          const std::string& gate_order,
                                          const std::string& gate_act) {
-  // pre_act (state dtype), c and peephole come from the forward; the rest is checked against them.
-  check_inputs(pre_act, c, std::nullopt, std::nullopt, peep);
-  check_state_dtype(kOp, c, "c", gate_dtype);
+  // pre_act (compute dtype), c and peephole come from the forward; the rest is checked against them.
+  check_inputs(pre_act, c, std::nullopt, std::nullopt, peep, gate_dtype);
+  check_dtype(kOp, pre_act, "pre_act", at::toOpMathType(c.scalar_type()), "c's compute type");
   if (grad_h) {
     check_tensor(kOp, *grad_h, "grad_h", pre_act);
     check_shape(kOp, *grad_h, "grad_h", c.sizes(), "c.shape");

@@ -23,7 +23,7 @@ enum GateSlot : int { kI = 0, kF = 1, kG = 2, kO = 3 };
 struct ConvLSTMGatesForward {
   int64_t B = 0, C = 0, S = 0;
   DType gate_dtype = DType::Float32;   // gates_x, gates_h, h_new
-  DType state_dtype = DType::Float32;  // c, c_new, bias, peephole, pre_act
+  DType state_dtype = DType::Float32;  // c, c_new, bias, peephole (pre_act: float32 or float64)
   GateAct act = GateAct::Sigmoid;
   int slot_block[4] = {0, 1, 2, 3};
   double forget_bias = 0.0;
@@ -33,8 +33,9 @@ struct ConvLSTMGatesForward {
   View3 peephole;          // (3, C, S): sb is the stride between W_ci, W_cf, W_co
   View3 h_new, c_new;      // outputs (B, C, S)
   View3 pre_act;           // optional output (B, 4C, S) in slot order i, f, g, o: the exact
-                           // arguments of the activations, saved for backward; in the state
-                           // dtype, so autocast (half gates, float32 state) rounds them only once
+                           // arguments of the activations, saved for backward; in the compute
+                           // dtype (float32 for half), never rounded, so the backward sees the
+                           // same side of a hard_sigmoid kink as the forward
 };
 
 struct ConvLSTMGatesBackward {

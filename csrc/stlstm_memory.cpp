@@ -1,5 +1,6 @@
 // stlstm_memory for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of the
 // schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 2, stage 1).
+#include <ATen/OpMathType.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
@@ -53,7 +54,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
   };
   const auto delta_c = delta(), delta_m = delta();
   const auto pre_act =
-      save ? empty_like_format(with_channels(x, 6 * p.C), x, c.scalar_type()) : at::empty({0}, c.options());
+      save ? empty_like_format(with_channels(x, 6 * p.C), x, at::toOpMathType(c.scalar_type()))
+           : at::empty({0}, c.options().dtype(at::toOpMathType(c.scalar_type())));
   if (mem.numel() == 0) return {mem, delta_c, delta_m, pre_act};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
@@ -82,16 +84,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     const OptTensor& grad_mem, const OptTensor& grad_delta_c, const OptTensor& grad_delta_m,
     const Tensor& pre_act, const Tensor& c, const Tensor& m, at::ScalarType gate_dtype) {
-  // pre_act (state dtype), c and m come from the forward; the rest is checked against them.
+  // pre_act (compute dtype), c and m come from the forward; the rest is checked against them.
   check_tensor(kOp, pre_act, "pre_act", pre_act);
   const int64_t C = check_stacked(kOp, pre_act, "pre_act", 6, "gate slots");
   const auto state_shape = with_channels(pre_act, C);
   for (const auto& [t, name] : {std::pair{&c, "c"}, std::pair{&m, "m"}}) {
     check_tensor(kOp, *t, name, pre_act);
     check_shape(kOp, *t, name, state_shape, "(B, C, *spatial)");
-    check_dtype(kOp, *t, name, pre_act.scalar_type(), "pre_act");
+    check_dtype(kOp, *t, name, c.scalar_type(), "c");
   }
   check_state_dtype(kOp, c, "c", gate_dtype);
+  check_dtype(kOp, pre_act, "pre_act", at::toOpMathType(c.scalar_type()), "c's compute type");
   if (grad_mem) {
     check_tensor(kOp, *grad_mem, "grad_mem", pre_act);
     check_shape(kOp, *grad_mem, "grad_mem", with_channels(pre_act, 2 * C), "(B, 2*C, *spatial)");

@@ -202,6 +202,43 @@ def test_half_precision_no_worse_than_eager(backend, dtype, state):
                                f"worst {err_got.max().item():.3g} vs eager {err_eager.max().item():.3g}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["fp32", "fp64", "fp16"])
+def test_hard_sigmoid_gradient_at_and_next_to_the_kinks(backend, dtype):
+    """torch.clamp passes the gradient on the closed interval: at z = -2.5 and 2.5 exactly the
+    gate's gradient is 0.2 grad, one step outside it is 0. (A fused multiply-add in 0.2 z + 0.5
+    puts -2.5 outside: found by tests/test_fuzz.py.)"""
+    if backend == "reference" and dtype != torch.float64:
+        pytest.skip("the reference backend is eager PyTorch, whose float32 0.2 z + 0.5 rounds "
+                    "2.5 + 1 ulp onto 1 where the float64 reference does not")
+    device = backend_device(backend)
+    kinks = torch.tensor([-2.5, 2.5], dtype=dtype)
+    z = torch.cat([kinks, torch.nextafter(kinks, kinks * 2), torch.nextafter(kinks, kinks * 0)])
+    gates_x = torch.stack([z, z, torch.full_like(z, 0.3), z], dim=1)  # i, f, g, o
+    x = {"gates_x": gates_x.to(device), "c": torch.full((len(z), 1), 0.7, dtype=dtype, device=device),
+         "gates_h": None, "bias": None, "peephole": None}
+    opts = {"gate_act": "hard_sigmoid"}
+    ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), opts)
+    got = run_with_grads(backend, x, opts)
+    torch.testing.assert_close(got["d_gates_x"].double().cpu(), ref["d_gates_x"], rtol=1e-2, atol=1e-3)
+
+
+def test_half_pre_activation_rounding_onto_the_kink(backend):
+    """f's argument -2.50084 (exact, from float16 inputs) lies outside hard_sigmoid's slope but
+    rounds to the kink -2.5 in float16; eager float16 gets 0 here. Saved in half for the backward,
+    it gave 0.2 grad; the pre-activations are saved in float32. (Found by tests/test_fuzz.py.)"""
+    device = backend_device(backend)
+    half = dict(dtype=torch.float16, device=device)
+    x = {"gates_x": torch.tensor([[0.5, -0.003391265869140625, 0.25, -0.75]], **half),
+         "c": torch.tensor([[1.62890625]], **half), "gates_h": None, "bias": None,
+         "peephole": torch.tensor([[0.0], [-1.533203125], [0.0]], **half)}
+    opts = {"gate_act": "hard_sigmoid"}
+    ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), opts)
+    eager = outputs_and_grads(reference.convlstm_gates, x, opts)
+    got = run_with_grads(backend, x, opts)
+    assert ref["d_gates_x"][0, 1] == 0 and eager["d_gates_x"][0, 1] == 0
+    assert got["d_gates_x"][0, 1] == 0, got["d_gates_x"]
+
+
 # ---------------------------------------------------------------- bad input
 
 def _bad_cases():

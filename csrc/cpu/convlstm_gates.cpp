@@ -37,9 +37,9 @@ void forward_typed(const ConvLSTMGatesForward& p) {
       const auto c = run_of<const S>(p.c, b, o, 0, si);
       const auto h_out = run_of<G>(p.h_new, b, o, 0, si);
       const auto c_out = run_of<S>(p.c_new, b, o, 0, si);
-      Run<S> pre[4];
+      Run<T> pre[4];
       if (save)
-        for (int k = 0; k < 4; ++k) pre[k] = run_of<S>(p.pre_act, b, o, k * C, si);
+        for (int k = 0; k < 4; ++k) pre[k] = run_of<T>(p.pre_act, b, o, k * C, si);
 
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t n = std::min(V, rs.inner - j);
@@ -82,11 +82,11 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
-      Run<const S> pre[4];
+      Run<const T> pre[4];
       Run<G> dz_out[4];
       Run<const S> w[3];
       for (int k = 0; k < 4; ++k) {
-        pre[k] = run_of<const S>(p.pre_act, b, o, k * C, si);
+        pre[k] = run_of<const T>(p.pre_act, b, o, k * C, si);
         dz_out[k] = run_of<G>(p.grad_gates, b, o, p.slot_block[k] * C, si);
       }
       if (has_peep)

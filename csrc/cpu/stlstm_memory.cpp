@@ -21,10 +21,10 @@ void forward_typed(const STLSTMMemoryForward& p) {
       const int64_t b = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
       Run<const G> x[6], h[3], mc[3];
-      Run<S> pre[6];
+      Run<T> pre[6];
       for (int k = 0; k < 6; ++k) {
         x[k] = run_of<const G>(p.x_cat, b, o, k * C, si);
-        if (save) pre[k] = run_of<S>(p.pre_act, b, o, k * C, si);
+        if (save) pre[k] = run_of<T>(p.pre_act, b, o, k * C, si);
       }
       for (int k = 0; k < 3; ++k) {
         h[k] = run_of<const G>(p.h_cat, b, o, k * C, si);
@@ -74,9 +74,9 @@ void backward_typed(const STLSTMMemoryBackward& p) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
-      Run<const S> pre[6];
+      Run<const T> pre[6];
       Run<G> gx[7], gh[4], gm[3];
-      for (int k = 0; k < 6; ++k) pre[k] = run_of<const S>(p.pre_act, b, o, k * C, si);
+      for (int k = 0; k < 6; ++k) pre[k] = run_of<const T>(p.pre_act, b, o, k * C, si);
       for (int k = 0; k < 7; ++k) gx[k] = run_of<G>(p.grad_x_cat, b, o, k * C, si);
       for (int k = 0; k < 4; ++k) gh[k] = run_of<G>(p.grad_h_cat, b, o, k * C, si);
       for (int k = 0; k < 3; ++k) gm[k] = run_of<G>(p.grad_m_cat, b, o, k * C, si);

@@ -100,16 +100,24 @@ inline Vectorized<T> act(const Vectorized<T>& x, bool hard) {
   return hard ? hard_sigmoid(x) : sigmoid(x);
 }
 
-// grad * d act / dx, given x and y = act(x). torch.clamp passes the gradient on the closed
-// interval, so hard_sigmoid's is 0.2 grad where 0 <= 0.2 x + 0.5 <= 1, selected (not multiplied
-// by a 0/1 mask) so that an infinite grad outside the interval gives 0 as in eager, not NaN.
+// The closed interval of x where the float64 reference's clamp(0.2 x + 0.5, 0, 1) passes the
+// gradient (torch.clamp's backward is inclusive): [-2.5, 2.5] for float32 and half inputs, one
+// more ulp above for float64 (0.2 x rounds to 0.5 there). Comparing x itself, not a recomputed
+// 0.2 x + 0.5, keeps the kinks in place whatever the compiler contracts into a fused multiply-add
+// (which put x = -2.5 outside).
+template <typename T> inline constexpr T kHardSigmoidHi = T(2.5);
+template <> inline constexpr double kHardSigmoidHi<double> = 2.5000000000000004;
+
+// grad * d act / dx, given x and y = act(x). hard_sigmoid's is 0.2 grad on the interval above,
+// selected (not multiplied by a 0/1 mask) so that an infinite grad outside it gives 0 as in
+// eager, not NaN.
 template <typename T>
 inline Vectorized<T> act_backward(const Vectorized<T>& grad, const Vectorized<T>& x,
                                   const Vectorized<T>& y, bool hard) {
   const Vectorized<T> zero(T(0)), one(T(1));
   if (!hard) return grad * (one - y) * y;
-  const auto t = x * Vectorized<T>(T(0.2)) + Vectorized<T>(T(0.5));
-  return Vectorized<T>::blendv(zero, grad * Vectorized<T>(T(0.2)), (t >= zero) & (t <= one));
+  const auto inside = (x >= Vectorized<T>(T(-2.5))) & (x <= Vectorized<T>(kHardSigmoidHi<T>));
+  return Vectorized<T>::blendv(zero, grad * Vectorized<T>(T(0.2)), inside);
 }
 
 struct RowSpace {

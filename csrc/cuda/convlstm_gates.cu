@@ -57,15 +57,22 @@ PK_HD T act(T z) {
   }
 }
 
-// grad * d act / dz, given z and a = act(z). Hard sigmoid selects (inclusive, as torch.clamp's
-// backward) rather than multiplying by a 0/1 mask, so an infinite grad outside gives 0, not NaN.
+// The closed interval of z where the float64 reference's clamp(0.2 z + 0.5, 0, 1) passes the
+// gradient (torch.clamp's backward is inclusive): [-2.5, 2.5] for float32 and half inputs, one
+// more ulp above for float64 (0.2 z rounds to 0.5 there). A float32 0.2 z + 0.5 would differ:
+// it rounds 2.5 + 1 ulp onto 1.
+template <typename T> PK_HD T hard_hi();
+template <> PK_HD float hard_hi<float>() { return 2.5f; }
+template <> PK_HD double hard_hi<double>() { return 2.5000000000000004; }
+
+// grad * d act / dz, given z and a = act(z). Hard sigmoid selects rather than multiplying by a
+// 0/1 mask, so an infinite grad outside gives 0, not NaN.
 template <typename T, int ACT>
 PK_HD T act_backward(T grad, T z, T a) {
   if (ACT == static_cast<int>(GateAct::Sigmoid)) {
     return grad * (T(1) - a) * a;
   } else {
-    const T t = hard_t(z);
-    return (t >= T(0) && t <= T(1)) ? grad * T(0.2) : T(0);
+    return (z >= T(-2.5) && z <= hard_hi<T>()) ? grad * T(0.2) : T(0);
   }
 }
 
@@ -93,7 +100,7 @@ struct FwdArgs {
   const S* peep = nullptr;
   G* h = nullptr;
   S* cn = nullptr;
-  S* pre = nullptr;
+  OpMath<G>* pre = nullptr;  // compute dtype
   Str<I> gx_s, gh_s, c_s, peep_s, h_s, cn_s, pre_s;
   I bias_sc = 0;
   I gx_blk[4] = {0, 0, 0, 0};    // offset of the block holding slot k
@@ -171,7 +178,7 @@ FwdArgs<G, S, I> make_fwd_args(const ConvLSTMGatesForward& p) {
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.h = static_cast<G*>(p.h_new.ptr);
   a.cn = static_cast<S*>(p.c_new.ptr);
-  a.pre = static_cast<S*>(p.pre_act.ptr);
+  a.pre = static_cast<OpMath<G>*>(p.pre_act.ptr);
   a.gx_s = make_str<I>(p.gates_x);
   a.gh_s = make_str<I>(p.gates_h);
   a.c_s = make_str<I>(p.c);
@@ -228,7 +235,7 @@ struct BwdArgs {
   Layout<I> lay;
   const G* gh = nullptr;   // grad_h (gate dtype, like h_new)
   const S* gcn = nullptr;  // grad_c_new
-  const S* pre = nullptr;
+  const OpMath<G>* pre = nullptr;
   const S* c = nullptr;
   const S* peep = nullptr;
   G* gg = nullptr;  // grad_gates
@@ -304,7 +311,7 @@ BwdArgs<G, S, I> make_bwd_args(const ConvLSTMGatesBackward& p) {
   a.lay = make_layout<I>(p.C, p.S, p.grad_c);
   a.gh = static_cast<const G*>(p.grad_h.ptr);
   a.gcn = static_cast<const S*>(p.grad_c_new.ptr);
-  a.pre = static_cast<const S*>(p.pre_act.ptr);
+  a.pre = static_cast<const OpMath<G>*>(p.pre_act.ptr);
   a.c = static_cast<const S*>(p.c.ptr);
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.gg = static_cast<G*>(p.grad_gates.ptr);

@@ -14,6 +14,11 @@ def empty(shape, like: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=like.device, memory_format=suggest_memory_format(like))
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels compute in (and save pre-activations in): float64 or float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def with_channels(t: Tensor, channels) -> tuple:
     """t.shape with dim 1 set to `channels`."""
     return (t.shape[0], channels, *t.shape[2:])

@@ -13,6 +13,7 @@ from torch import Tensor
 from predkern import backends, reference
 from predkern.ops import _checks
 from predkern.ops._tensors import as3 as _as3
+from predkern.ops._tensors import compute_dtype
 from predkern.ops._tensors import empty as _empty
 from predkern.ops._tensors import with_channels
 
@@ -37,7 +38,11 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     if backend in ("cpu", "cuda"):
         # The C++ op checks the rest itself, with the same messages: a second check in Python
         # would cost as much as the fused kernel at small sizes.
-        return _cpp_op(gates_x, c, gates_h, bias, peephole, _float(forget_bias), gate_order, gate_act)
+        try:
+            return _cpp_op(gates_x, c, gates_h, bias, peephole, _float(forget_bias), gate_order, gate_act)
+        except NotImplementedError:  # no kernel for the layout (quantized, sparse CSR, ...): name the input
+            _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
+            raise
     _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
     if backend == "reference":
         return reference.convlstm_gates(gates_x, c, gates_h, bias, peephole, forget_bias=forget_bias,
@@ -122,7 +127,7 @@ if backends._extension_error() is None:
         _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
         shape = with_channels(gates_x, gates_x.shape[1] // 4)
         return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
-                _empty(gates_x.shape, gates_x, c.dtype))
+                _empty(gates_x.shape, gates_x, compute_dtype(c.dtype)))
 
     @torch.library.register_fake("predkern::convlstm_gates_backward")
     def _(grad_h, grad_c_new, pre_act, c, peephole, gate_dtype, gate_order, gate_act):
@@ -139,8 +144,8 @@ def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias:
 
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
     h_new, c_new = _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
-    # pre_act in the state dtype: under autocast the activations' arguments are rounded only once
-    pre_act = _empty(gates_x.shape if save_pre_act else (0,) * gates_x.dim(), gates_x, c.dtype)
+    # pre_act in the compute dtype: the activations' arguments are never rounded
+    pre_act = _empty(gates_x.shape if save_pre_act else (0,) * gates_x.dim(), gates_x, compute_dtype(c.dtype))
     if h_new.numel():
         kernels.forward(_as3(gates_x), _as3(gates_h), _as3(c), bias, _as3(peephole), _as3(h_new),
                         _as3(c_new), _as3(pre_act) if save_pre_act else None,
@@ -154,7 +159,7 @@ def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, sa
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
     pre_shape = gates_x.shape if save_pre_act else (0,) * gates_x.dim()
     return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
-            _empty(pre_shape, gates_x, c.dtype))
+            _empty(pre_shape, gates_x, compute_dtype(c.dtype)))
 
 
 @torch.library.custom_op("predkern::convlstm_gates_triton_backward", mutates_args=())

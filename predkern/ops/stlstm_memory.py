@@ -12,7 +12,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops._tensors import as3, empty, with_channels
+from predkern.ops._tensors import as3, compute_dtype, empty, with_channels
 
 OP = "stlstm_memory"
 X_BLOCKS = "blocks (i, f, g, i', f', g', o)"
@@ -33,7 +33,11 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
         _checks.tensor(OP, "x_cat", x_cat)
     backend = backends.select(x_cat.device.type)
     if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
-        mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), bool(return_deltas))
+        try:
+            mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), bool(return_deltas))
+        except NotImplementedError:  # no kernel for the layout (quantized, sparse CSR, ...): name the input
+            _check(x_cat, h_cat, m_cat, c, m, forget_bias)
+            raise
     else:
         _check(x_cat, h_cat, m_cat, c, m, forget_bias)
         if backend == "reference":
@@ -74,8 +78,9 @@ def _outputs(x_cat, c, return_deltas, save):
             return empty(with_channels(x_cat, C), x_cat, x_cat.dtype)
         return torch.empty((0,), dtype=x_cat.dtype, device=x_cat.device)
 
-    pre_act = (empty(with_channels(x_cat, 6 * C), x_cat, c.dtype) if save
-               else torch.empty((0,), dtype=c.dtype, device=c.device))
+    # pre_act in the compute dtype: the activations' arguments are never rounded
+    pre_act = (empty(with_channels(x_cat, 6 * C), x_cat, compute_dtype(c.dtype)) if save
+               else torch.empty((0,), dtype=compute_dtype(c.dtype), device=c.device))
     return empty(with_channels(x_cat, 2 * C), x_cat, c.dtype), delta(), delta(), pre_act
 
 

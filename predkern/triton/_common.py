@@ -63,12 +63,17 @@ def _act(x, HARD: tl.constexpr):
 @triton.jit
 def _act_bwd(grad, z, a, HARD: tl.constexpr):
     # grad * d act(z)/dz given a = act(z), associated as torch's autograd does. Sigmoid:
-    # grad * (1 - a) * a. Hard sigmoid: 0.2 * grad where 0 <= 0.2 z + 0.5 <= 1 (inclusive, as
-    # torch.clamp's backward), else exactly 0, also for NaN z and for an infinite grad (a select,
-    # not a product with a 0/1 mask, which would turn inf into NaN).
+    # grad * (1 - a) * a. Hard sigmoid: 0.2 * grad on the closed interval where the float64
+    # reference's clamp(0.2 z + 0.5, 0, 1) passes the gradient, z in [-2.5, 2.5] (one more ulp
+    # above in float64, where 0.2 z rounds to 0.5), else exactly 0, also for NaN z and for an
+    # infinite grad (a select, not a product with a 0/1 mask, which would turn inf into NaN).
+    # Comparing z, not a recomputed 0.2 z + 0.5, keeps the kinks where fma contraction would not.
     if HARD:
-        t = 0.2 * z + 0.5
-        d = tl.where((t >= 0.0) & (t <= 1.0), grad * 0.2, 0.0)
+        if z.dtype == tl.float64:
+            hi = tl.full(z.shape, 2.5000000000000004, tl.float64)
+        else:
+            hi = 2.5
+        d = tl.where((z >= -2.5) & (z <= hi), grad * 0.2, 0.0)
     else:
         d = grad * (1.0 - a) * a
     return d
