@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 # Without a GPU, Triton kernels run on CPU tensors through its interpreter; the variable must be
 # set before triton is first imported (predkern imports it lazily).
@@ -14,6 +15,16 @@ HAS_GPU = torch.cuda.is_available()
 
 
 RUN_SLOW = os.environ.get("PREDKERN_RUN_SLOW") == "1"
+
+# Fuzzing profiles (tests/test_fuzz.py): `ci` is small and derandomized, so a CI run is
+# reproducible; `long` (PREDKERN_FUZZ=long) draws fresh examples, for runs on a GPU. The
+# backend fixture is a name, not state, so sharing it across examples is safe.
+_FUZZ = dict(deadline=None, database=None, print_blob=True,
+             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                    HealthCheck.data_too_large])
+settings.register_profile("ci", max_examples=150, derandomize=True, **_FUZZ)
+settings.register_profile("long", max_examples=3000, **_FUZZ)
+settings.load_profile(os.environ.get("PREDKERN_FUZZ", "ci"))
 
 
 def pytest_collection_modifyitems(config, items):
