@@ -245,23 +245,16 @@ def _bad_cases():
     C = 3
     ok = dict(gates_x=torch.randn(2, 4 * C, 4, 4), c=torch.randn(2, C, 4, 4))
     yield "gates_x", dict(ok, gates_x=torch.randn(2, 4 * C + 1, 4, 4)), ValueError, "multiple of"
-    yield "gates_x", dict(ok, gates_x=torch.randn(12)), ValueError, "dims"
-    yield "gates_x", dict(ok, gates_x=torch.ones(2, 4 * C, 4, 4, dtype=torch.int32)), TypeError, "floating"
-    yield "gates_x", dict(ok, gates_x=[1.0]), TypeError, "torch.Tensor"
     yield "c", dict(ok, c=torch.randn(2, C, 4, 5)), ValueError, "shape"
     yield "c", dict(ok, c=torch.randn(2, C, 1, 1)), ValueError, "shape"  # no silent broadcast
-    yield "c", dict(ok, c=torch.randn(2, C, 4, 4, dtype=torch.float64)), ValueError, "dtype"
-    yield "c", dict(ok, c=torch.randn(2, C, 4, 4, device="meta")), ValueError, "device"
     yield "gates_h", dict(ok, gates_h=torch.randn(2, 4 * C, 4)), ValueError, "shape"
     yield "gates_h", dict(ok, gates_h=torch.randn(2, 4 * C, 4, 4, dtype=torch.float16)), ValueError, "dtype"
     yield "bias", dict(ok, bias=torch.randn(C)), ValueError, "shape"
-    yield "bias", dict(ok, bias=torch.randn(4 * C, dtype=torch.float64)), ValueError, "dtype"
     yield "peephole", dict(ok, peephole=torch.randn(3, C, 1, 1)), ValueError, "shape"
     yield "gate_order", dict(ok, gate_order="ifgx"), ValueError, "permutation"
     yield "gate_order", dict(ok, gate_order="iifo"), ValueError, "permutation"
     yield "gate_act", dict(ok, gate_act="relu"), ValueError, "sigmoid"
     yield "forget_bias", dict(ok, forget_bias="1"), TypeError, "float"
-    yield "gates_x", dict(ok, gates_x=torch.randn(2, 4 * C, 4, 4).to_sparse()), ValueError, "strided"
 
 
 @pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])

@@ -131,17 +131,10 @@ def test_half_precision_no_worse_than_eager(backend, op, dtype, state):
 def _bad_memory_cases():
     ok = memory_inputs(C=3, spatial=(4, 4))
     yield "x_cat", dict(ok, x_cat=torch.randn(2, 20, 4, 4)), ValueError, "multiple of"
-    yield "x_cat", dict(ok, x_cat=torch.randn(21)), ValueError, "dims"
-    yield "x_cat", dict(ok, x_cat=torch.ones(2, 21, 4, 4, dtype=torch.int64)), TypeError, "floating"
     yield "h_cat", dict(ok, h_cat=torch.randn(2, 9, 4, 4)), ValueError, "shape"
-    yield "h_cat", dict(ok, h_cat=torch.randn(2, 12, 4, 4, dtype=torch.float64)), ValueError, "dtype"
     yield "m_cat", dict(ok, m_cat=torch.randn(2, 9, 4, 1)), ValueError, "shape"
     yield "c", dict(ok, c=torch.randn(2, 3, 1, 1)), ValueError, "shape"
-    yield "c", dict(ok, c=torch.randn(2, 3, 4, 4, dtype=torch.float64)), ValueError, "dtype"
-    yield "m", dict(ok, m=torch.randn(2, 3, 4, 4, dtype=torch.float64)), ValueError, "dtype"
-    yield "m", dict(ok, m=torch.randn(2, 3, 4, 4, device="meta")), ValueError, "device"
     yield "forget_bias", dict(ok, forget_bias="1"), TypeError, "float"
-    yield "x_cat", dict(ok, x_cat=torch.randn(2, 21, 4, 4).to_sparse()), ValueError, "strided"
 
 
 def _bad_output_cases():
@@ -150,7 +143,6 @@ def _bad_output_cases():
     yield "h_cat", dict(ok, h_cat=torch.randn(2, 12, 4, 5)), ValueError, "shape"
     yield "o_conv", dict(ok, o_conv=torch.randn(2, 3, 1, 1)), ValueError, "shape"
     yield "last_conv", dict(ok, last_conv=torch.randn(2, 3, 4, 4, dtype=torch.float16)), ValueError, "dtype"
-    yield "last_conv", dict(ok, last_conv=torch.randn(2, 3, 4, 4, device="meta")), ValueError, "device"
 
 
 @pytest.mark.parametrize("op,case", [("stlstm_memory", c) for c in _bad_memory_cases()]

@@ -11,6 +11,8 @@ def tensor(op: str, name: str, t, like: torch.Tensor | None = None) -> None:
     """`t` is a dense floating-point tensor on `like`'s device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{op}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_nested:
+        raise ValueError(f"{op}: `{name}` must be a strided (dense) tensor, got a nested tensor")
     if t.dtype not in FLOATING:
         raise TypeError(f"{op}: `{name}` must be a floating-point tensor "
                         f"(float16, bfloat16, float32 or float64), got dtype {t.dtype}")

@@ -40,7 +40,7 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
         # would cost as much as the fused kernel at small sizes.
         try:
             return _cpp_op(gates_x, c, gates_h, bias, peephole, _float(forget_bias), gate_order, gate_act)
-        except NotImplementedError:  # no kernel for the layout (quantized, sparse CSR, ...): name the input
+        except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
             _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
             raise
     _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)

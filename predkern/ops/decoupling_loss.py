@@ -31,7 +31,11 @@ def decoupling_loss(delta_c: Tensor, delta_m: Tensor) -> Tensor:
         _checks.tensor(OP, "delta_c", delta_c)
     backend = backends.select(delta_c.device.type)
     if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
-        return _cpp_op(delta_c, delta_m)
+        try:
+            return _cpp_op(delta_c, delta_m)
+        except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
+            _check(delta_c, delta_m)
+            raise
     _check(delta_c, delta_m)
     if backend == "reference":
         return reference.decoupling_loss(delta_c, delta_m)

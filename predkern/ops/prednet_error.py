@@ -35,7 +35,11 @@ def prednet_error(a: Tensor, a_hat: Tensor, *, relu_a_hat: bool = True, clip_max
     opts = _options(relu_a_hat, clip_max, first, return_mean)
     backend = backends.select(a.device.type)
     if backend in ("cpu", "cuda"):  # the C++ op checks its tensors itself
-        e, a_hat_out, e_mean = _cpp_op(a, a_hat, *opts)
+        try:
+            e, a_hat_out, e_mean = _cpp_op(a, a_hat, *opts)
+        except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
+            _check(a, a_hat)
+            raise
     else:
         _check(a, a_hat)
         if backend == "reference":

@@ -26,7 +26,11 @@ def stlstm_output(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tenso
         _checks.tensor(OP, "x_cat", x_cat)
     backend = backends.select(x_cat.device.type)
     if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
-        return _cpp_op(x_cat, h_cat, o_conv, last_conv)
+        try:
+            return _cpp_op(x_cat, h_cat, o_conv, last_conv)
+        except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
+            _check(x_cat, h_cat, o_conv, last_conv)
+            raise
     _check(x_cat, h_cat, o_conv, last_conv)
     if backend == "reference":
         return reference.stlstm_output(x_cat, h_cat, o_conv, last_conv)

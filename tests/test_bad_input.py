@@ -1,0 +1,92 @@
+"""The bad-input table every op shares (SPEC.md section 5 and more): each tensor argument of each
+op in turn given a wrong kind of tensor. Every case raises the named exception type, before any
+kernel runs, with a message that names the argument, and writes no input. The op-specific cases
+(channel multiples, shapes, options) are in each op's own test file; NaN and Inf are not errors:
+they propagate as in the reference (the last test here, and tests/test_fuzz.py).
+
+A `requires_grad` integer tensor cannot be made (torch refuses), so the integer rows cover it."""
+import warnings
+
+import pytest
+import torch
+
+import predkern
+from predkern import reference
+from conftest import backend_device
+from op_table import OPS, inputs
+from oracle import outputs_and_grads
+from tensors import float64_copy
+
+
+def _quantized(t):
+    with warnings.catch_warnings():  # quantized tensors are deprecated, and still exist
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(t.float().cpu(), 0.1, 0, torch.quint8)
+
+
+# kind -> (make the bad tensor from a good one, exception, words in the message, CPU only)
+KINDS = {
+    "list": (lambda t: t.tolist(), TypeError, "torch.Tensor", False),
+    "int32": (lambda t: t.to(torch.int32), TypeError, "floating", False),
+    "bool": (lambda t: t > 0, TypeError, "floating", False),
+    "complex": (lambda t: t.to(torch.complex64), TypeError, "floating", False),
+    "quantized": (_quantized, TypeError, "floating", True),
+    "sparse_coo": (lambda t: t.to_sparse(), ValueError, "strided", False),
+    "sparse_csr": (lambda t: t.reshape(t.shape[0], -1).to_sparse_csr(), ValueError, "strided", False),
+    "mkldnn": (lambda t: t.float().to_mkldnn(), ValueError, "strided", True),
+    "nested": (lambda t: torch.nested.nested_tensor(list(t)), ValueError, "strided", False),
+    "meta": (lambda t: t.to("meta"), ValueError, "device", False),
+    "rank": (lambda t: t.reshape(-1) if t.dim() > 1 else t.reshape(1, -1), ValueError, "shape", False),
+    "float64": (lambda t: t.double(), ValueError, "dtype", False),
+}
+# The first tensor sets the device and the gates' dtype: a mismatch there is reported on the next.
+NOT_FIRST = {"meta", "float64"}
+
+
+def _cases():
+    for op, args in OPS.items():
+        for k, arg in enumerate(args):
+            for kind in KINDS:
+                if k == 0 and kind in NOT_FIRST:
+                    continue
+                yield pytest.param(op, arg.name, kind, id=f"{op}-{arg.name}-{kind}")
+
+
+@pytest.mark.parametrize("op,name,kind", list(_cases()))
+def test_bad_tensor_raises_naming_the_argument(backend, op, name, kind):
+    make, exc, words, cpu_only = KINDS[kind]
+    device = backend_device(backend)
+    if cpu_only and device != "cpu":
+        pytest.skip(f"{kind} tensors exist on the CPU only")
+    x = inputs(op, device=device)
+    before = {k: v.clone() for k, v in x.items()}
+    x[name] = make(x[name])
+    with predkern.backends.use(backend), pytest.raises(exc) as info:
+        getattr(predkern, op)(**x)
+    message = str(info.value)
+    assert f"`{name}`" in message and words in message, message
+    for k, v in before.items():
+        if k != name:
+            assert torch.equal(x[k], v), f"{k} was written"
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_nan_and_inf_propagate_as_in_the_reference(backend, op, value):
+    """A NaN or Inf in each argument in turn: every output and gradient has NaN and Inf exactly
+    where the float64 reference has them (and the same finite values elsewhere)."""
+    device = backend_device(backend)
+    for arg in OPS[op]:
+        x = inputs(op, C=2, spatial=(3, 2), device=device)
+        x[arg.name].view(-1)[1] = value
+        ref = outputs_and_grads(getattr(reference, op), float64_copy(x))
+        got = outputs_and_grads(getattr(predkern, op), x, backend=backend)
+        for k, r in ref.items():
+            g = got[k].detach().double().cpu()
+            assert torch.equal(g.isnan(), r.isnan()), f"{arg.name}={value}: NaN in {k} differs"
+            assert torch.equal(g.isinf(), r.isinf()) and torch.equal(g[r.isinf()], r[r.isinf()]), \
+                f"{arg.name}={value}: Inf in {k} differs"
+            fin = r.isfinite()
+            if fin.any():
+                torch.testing.assert_close(g[fin], r[fin], rtol=1e-5, atol=1e-5 * max(1.0, r[fin].abs().max().item()),
+                                           msg=f"{arg.name}={value}: finite values of {k}")
