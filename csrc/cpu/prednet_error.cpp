@@ -31,6 +31,16 @@ inline Vectorized<T> activate(const Vectorized<T>& a_hat, const PredNetErrorOpti
   return o.has_clip ? Vectorized<T>::blendv(r, clip, r > clip) : r;  // torch.clamp: NaN stays
 }
 
+// The lanes of `v` added in order, in double.
+template <typename T>
+inline double lane_sum(const Vectorized<T>& v) {
+  alignas(64) T buf[Vectorized<T>::size()];
+  v.store(buf);
+  double s = 0;
+  for (int64_t k = 0; k < Vectorized<T>::size(); ++k) s += buf[k];
+  return s;
+}
+
 template <typename G>
 void forward_typed(const PredNetErrorForward& p) {
   using T = typename OpMathOf<G>::type;
@@ -51,7 +61,12 @@ void forward_typed(const PredNetErrorForward& p) {
       const auto e_pos = run_of<G>(p.e, n, o, pos_off, si);
       const auto e_neg = run_of<G>(p.e, n, o, neg_off, si);
       const auto out = run_of<G>(p.a_hat_out, n, o, 0, si);
+      // The float lanes go into a double every kFlush vectors, so a long row (2^30 positions)
+      // keeps its digits: a float running sum stops growing once it is 2^24 times the terms.
+      constexpr int kFlush = 64;
       Vectorized<T> sum(T(0));
+      double row_total = 0;
+      int pending = 0;
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t m = std::min(V, rs.inner - j);
         Vectorized<T> r(T(0));  // set by activate()
@@ -63,15 +78,14 @@ void forward_typed(const PredNetErrorForward& p) {
         store(e_neg, j, m, neg);
         if (want_mean) {  // only the m live lanes
           sum = sum + Vectorized<T>::set(Vectorized<T>(T(0)), pos + neg, m);
+          if (++pending == kFlush) {
+            row_total += lane_sum(sum);
+            sum = Vectorized<T>(T(0));
+            pending = 0;
+          }
         }
       }
-      if (want_mean) {
-        alignas(64) T buf[V];
-        sum.store(buf);
-        double s = 0;
-        for (int64_t k = 0; k < V; ++k) s += buf[k];
-        row_sum[row] = s;
-      }
+      if (want_mean) row_sum[row] = row_total + lane_sum(sum);
     }
   });
   if (!want_mean) return;
