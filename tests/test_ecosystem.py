@@ -368,3 +368,55 @@ def test_predrnn_v2_autocast_bf16_training_step(layer_norm):
     fused_err = (fused_grads - ref_grads).norm().item()
     plain_err = (plain_grads - ref_grads).norm().item()
     assert fused_err <= 2 * plain_err + 1e-3 * ref_grads.norm().item(), (fused_err, plain_err)
+
+
+# -- 5. torch.compile(fullgraph=True, dynamic=True) ---------------------------------------------
+
+class EveryOp(nn.Module):
+    """PredRNN-V2 (stlstm_memory, stlstm_output, decoupling_loss), ConvLSTM (convlstm_gates) and
+    PredNet (convlstm_gates, prednet_error): one training loss over all three."""
+
+    def __init__(self):
+        super().__init__()
+        self.predrnn = pknn.PredRNNv2(2, [4, 4], thuml_configs())
+        self.convlstm = pknn.ConvLSTM(2, [4, 4], thuml_configs())
+        self.prednet = pknn.PredNet(stack_sizes=(2, 4), R_stack_sizes=(2, 4), A_filt_sizes=(3,),
+                                    Ahat_filt_sizes=(3, 3), R_filt_sizes=(3, 3), output_mode="error")
+
+    def forward(self, frames, mask, prednet_frames):
+        _, loss_v2 = self.predrnn(frames, mask)
+        _, loss_convlstm = self.convlstm(frames, mask)
+        return loss_v2 + loss_convlstm + pknn.prednet_loss(self.prednet(prednet_frames), "L_0")
+
+
+def _every_op_batch(B, seed):
+    frames, mask = thuml_batch(B=B, dtype=torch.float32, seed=seed)
+    return frames, mask, torch.rand(B, 3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compile_dynamic_no_recompile_across_steps_and_batch_sizes(compiler):
+    """One graph for every step and batch size under dynamic=True, no graph break, and the
+    compiled loss and gradients equal eager's. The first batch size is unlike every other dim:
+    dynamo gives equal sizes one symbol when it first traces (duck sizing), and a batch of 2 with
+    PredNet's 2 channels would then be specialized along with them."""
+    if backends.unavailable_reason("cpu", "cpu"):
+        pytest.skip("no compiled extension")
+    torch.manual_seed(0)
+    model = EveryOp()
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=compiler)
+    for step, B in enumerate([6, 7, 9, 3, 6]):
+        batch = _every_op_batch(B, seed=step)
+        loss = compiled(*batch)
+        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+        assert counters["stats"]["unique_graphs"] == 1, (B, dict(counters["stats"]))
+    loss_eager = model(*batch)
+    grads_eager = torch.autograd.grad(loss_eager, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(loss, loss_eager, rtol=1e-5, atol=1e-6)
+    for g, ge in zip(grads, grads_eager):  # OpenSTL's ConvLSTM cells never use conv_o, conv_last
+        assert (g is None) == (ge is None)
+        if g is not None:
+            torch.testing.assert_close(g, ge, rtol=1e-4, atol=1e-6)
