@@ -250,12 +250,13 @@ class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunc
       out[3] = at::sum(grad_gates, dims, false, c.scalar_type());
     }
     if (peep.defined() && ctx->needs_input_grad(peephole_edge)) {
-      // d/dW_c{i,f,o} = sum over batch of dz_{i,f,o} * (c, c, c_new).
+      // d/dW_c{i,f,o} = sum over batch of dz_{i,f,o} * (c, c, c_new). Without a gradient on h,
+      // W_co's is zero: eager never runs o's path (0 * c_new would turn inf or NaN into NaN).
       const auto C = pre_act.sym_size(1) / 4;
       const auto slot = slot_blocks(gate_order);
       auto dz = [&](int k) { return grad_gates.narrow_symint(1, C * slot[k], C); };
-      out[4] = at::stack({(dz(kI) * c).sum(0), (dz(kF) * c).sum(0), (dz(kO) * c_new).sum(0)})
-                   .to(peep.scalar_type());
+      const auto d_co = grads[0].defined() ? (dz(kO) * c_new).sum(0) : at::zeros_like(peep.select(0, 2));
+      out[4] = at::stack({(dz(kI) * c).sum(0), (dz(kF) * c).sum(0), d_co}).to(peep.scalar_type());
     }
     return out;
   }

@@ -97,16 +97,18 @@ def _slot_blocks(gate_order: str) -> tuple[int, int, int, int]:
 
 
 def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephole: Optional[Tensor],
-                 has_bias: bool, gate_order: str):
-    """Gradients of bias (summed over batch and space) and peephole (summed over batch)."""
+                 has_bias: bool, gate_order: str, has_grad_h: bool):
+    """Gradients of bias (summed over batch and space) and peephole (summed over batch). Without
+    a gradient on h, W_co's is zero: eager never runs o's path (a 0 * c_new would turn an inf or
+    NaN in c_new into NaN)."""
     grad_bias = grad_peephole = None
     if has_bias:
         grad_bias = grad_gates.sum([0, *range(2, grad_gates.dim())], dtype=c.dtype)
     if peephole is not None:
         dz = grad_gates.chunk(4, dim=1)
         i, f, _, o = _slot_blocks(gate_order)
-        grad_peephole = torch.stack([(dz[i] * c).sum(0), (dz[f] * c).sum(0),
-                                     (dz[o] * c_new).sum(0)]).to(peephole.dtype)
+        d_co = (dz[o] * c_new).sum(0) if has_grad_h else torch.zeros_like(peephole[2])
+        grad_peephole = torch.stack([(dz[i] * c).sum(0), (dz[f] * c).sum(0), d_co]).to(peephole.dtype)
     return grad_bias, grad_peephole
 
 
@@ -201,7 +203,8 @@ def _triton_grad(ctx, grad_h, grad_c_new, _grad_pre_act):
         return (None,) * 9
     grad_gates, grad_c = _triton_backward(grad_h, grad_c_new, pre_act, c, peephole, ctx.gate_dtype,
                                           ctx.gate_order, ctx.gate_act)
-    grad_bias, grad_peephole = _param_grads(grad_gates, c, c_new, peephole, ctx.has_bias, ctx.gate_order)
+    grad_bias, grad_peephole = _param_grads(grad_gates, c, c_new, peephole, ctx.has_bias, ctx.gate_order,
+                                            grad_h is not None)
     return (grad_gates, grad_c, grad_gates if ctx.has_gates_h else None, grad_bias, grad_peephole,
             None, None, None, None)
 
