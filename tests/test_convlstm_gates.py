@@ -161,15 +161,21 @@ def test_output_without_gradient_adds_no_nan(backend):
         torch.testing.assert_close(got[k].double().cpu(), ref[k])
 
 
-def test_peephole_o_gets_no_nan_without_gradient_on_h(backend):
-    """A NaN in i makes c_new NaN; with a gradient on c_new alone, W_co's gradient is zero as in
-    eager, which never runs o's path (not 0 * c_new = NaN). Found by tests/test_fuzz.py."""
+@pytest.mark.parametrize("nan_in", ["i", "w_co"])
+def test_peephole_o_path_adds_no_nan_without_gradient_on_h(backend, nan_in):
+    """With a gradient on c_new alone, eager never runs o's path: a NaN in i (so in c_new) leaves
+    W_co's gradient zero (not 0 * c_new), and a NaN in W_co leaves every other gradient finite
+    (not 0 * W_co). Both found by tests/test_fuzz.py."""
     device = backend_device(backend)
     x = make_inputs(C=2, spatial=(3,), gates_h=False, bias=False, dtype=torch.float32, device=device)
-    x["gates_x"][0, 0, 0] = float("nan")  # i of channel 0 at sample 0, position 0
+    if nan_in == "i":
+        x["gates_x"][0, 0, 0] = float("nan")  # i of channel 0 at sample 0, position 0
+    else:
+        x["peephole"][2, 0, 0] = float("nan")
     got = run_with_grads(backend, x, {}, grads=("c",))
     ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), {}, grads=("c",))
-    torch.testing.assert_close(got["d_peephole"].double().cpu(), ref["d_peephole"], equal_nan=True)
+    for k in ("d_gates_x", "d_c", "d_peephole"):
+        torch.testing.assert_close(got[k].double().cpu(), ref[k], rtol=1e-5, atol=1e-6, equal_nan=True, msg=k)
     assert (got["d_peephole"][2] == 0).all()
 
 

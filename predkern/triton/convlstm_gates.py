@@ -146,8 +146,9 @@ def _convlstm_gates_bwd_kernel(
         p_off = ch * p_sc + s * p_ss
         w_ci = tl.load(peep_ptr + p_off, mask=mask, other=0.0).to(CDT)
         w_cf = tl.load(peep_ptr + (p_off + p_sb), mask=mask, other=0.0).to(CDT)
-        w_co = tl.load(peep_ptr + (p_off + p_sb + p_sb), mask=mask, other=0.0).to(CDT)
-        dcn += dzo * w_co
+        if HAS_DH:  # o's path only where h has a gradient: 0 * a NaN W_co would be NaN
+            w_co = tl.load(peep_ptr + (p_off + p_sb + p_sb), mask=mask, other=0.0).to(CDT)
+            dcn += dzo * w_co
 
     dzi = _act_bwd(dcn * g, zi, i, HARD)
     dzf = _act_bwd(dcn * c, zf, f, HARD)
