@@ -104,7 +104,6 @@ def requested() -> str | None:
     return _override or _env_backend
 
 
-@torch.compiler.assume_constant_result
 def select(device_type: str) -> str:
     """The backend that runs an op on tensors of `device_type` (evaluated once per compiled graph)."""
     wanted = requested()
@@ -125,3 +124,8 @@ def select(device_type: str) -> str:
         warnings.warn(f"predkern: no fused backend for {device_type} tensors ({'; '.join(reasons)}); "
                       "falling back to the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
     return "reference"
+
+
+# What torch.compiler.assume_constant_result(select) does (dynamo evaluates select once per
+# compiled graph), without importing torch._dynamo, which takes half of `import predkern`.
+select._dynamo_marked_constant = True

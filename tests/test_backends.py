@@ -89,3 +89,19 @@ def test_package_works_without_triton_and_extension():
     out = _run_python(code, PREDKERN_BACKEND="")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_import_leaves_dynamo_unloaded_and_select_marked_as_torch_would():
+    """`import predkern` does not import torch._dynamo (half its import time), and select carries
+    exactly what torch.compiler.assume_constant_result would have set on it."""
+    out = _run_python("import sys, predkern; print('torch._dynamo' in sys.modules)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+    def probe():
+        pass
+
+    before = set(vars(probe))
+    marked = torch.compiler.assume_constant_result(probe)
+    added = {k: v for k, v in vars(marked).items() if k not in before}
+    assert added and all(getattr(backends.select, k, None) == v for k, v in added.items()), added
