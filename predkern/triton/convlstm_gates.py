@@ -8,8 +8,9 @@ order.
 
 The launchers do no argument checking and no autograd: the caller (``predkern.ops.convlstm_gates``)
 validates, allocates the outputs and wraps autograd. Math runs in float32 (float64 when the inputs
-are float64) and is rounded once on store. ``pre_act`` may be allocated in the gate or the state
-dtype; the kernels convert on store and load.
+are float64) and is rounded once on store. ``pre_act`` is allocated in that compute dtype (float32
+for half inputs), so the backward sees the activations' arguments unrounded; the kernels convert
+on store and load whatever the pointers' dtypes.
 
 Work is cut into (batch, channel tile, space tile) programs on a 1-D grid. The tile is wide along
 whichever dim is contiguous in the main gate tensor (space for NCHW, channels for channels_last), so

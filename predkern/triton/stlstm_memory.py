@@ -15,7 +15,8 @@ copied. Block j of a (B, k*C, S) view is channels [j*C, (j+1)*C).
 The launchers do no argument checking, no allocation and no autograd: the caller validates,
 allocates the outputs and wraps autograd. Math runs in float32 (float64 when the state ``c``/``m``
 is float64) and is rounded once on store into each pointer's own dtype (the autocast mix: gates,
-deltas and their grads in float16/bfloat16, c, m, mem, pre_act and their grads in float32).
+deltas and their grads in float16/bfloat16, c, m, mem and their grads in float32); pre_act is
+always in the compute dtype, float32 for half inputs.
 
 The backward is eager autograd's, associated as it is (grad first; sigmoid' as grad*(1-a)*a,
 tanh' as grad*(1-t*t)), so inf and NaN propagate alike. An absent gradient is zero; where a path
