@@ -5,19 +5,10 @@ LAYOUTS = ("contiguous", "channels_last", "strided")
 
 
 def rand(shape, dtype=torch.float64, device="cpu", layout="contiguous", scale=1.5):
-    """contiguous; channels_last (4-D/5-D); or strided: a view cut from a wider tensor (a channel
-    slice and every other element of the last dim)."""
-    if layout == "strided" and len(shape) >= 3:
-        wide = list(shape)
-        wide[1] += 3
-        wide[-1] = 2 * shape[-1] + 1
-        t = (torch.randn(wide, dtype=torch.float64) * scale).narrow(1, 2, shape[1])[..., 1::2]
-    else:
-        t = torch.randn(shape, dtype=torch.float64) * scale
-    t = t.to(device=device, dtype=dtype)
-    if layout == "channels_last" and t.dim() in (4, 5):
-        t = t.contiguous(memory_format=torch.channels_last if t.dim() == 4 else torch.channels_last_3d)
-    return t
+    """Random values in one of LAYOUTS: contiguous, channels_last (4-D/5-D), or strided, a view
+    cut from a wider tensor (laid_out's "sliced")."""
+    values = torch.randn(shape, dtype=torch.float64) * scale
+    return laid_out(values, "sliced" if layout == "strided" else layout, dtype, device)
 
 
 def expanded(shape, dtype=torch.float64, device="cpu", scale=1.5):
