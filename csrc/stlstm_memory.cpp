@@ -91,8 +91,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
   for (const auto& [t, name] : {std::pair{&c, "c"}, std::pair{&m, "m"}}) {
     check_tensor(kOp, *t, name, pre_act);
     check_shape(kOp, *t, name, state_shape, "(B, C, *spatial)");
-    check_dtype(kOp, *t, name, c.scalar_type(), "c");
   }
+  check_dtype(kOp, m, "m", c.scalar_type(), "c");
   check_state_dtype(kOp, c, "c", gate_dtype);
   check_dtype(kOp, pre_act, "pre_act", at::toOpMathType(c.scalar_type()), "c's compute type");
   if (grad_mem) {
