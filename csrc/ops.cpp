@@ -18,6 +18,7 @@ TORCH_LIBRARY(predkern, m) {
       "-> (Tensor grad_gates, Tensor grad_c)");
 
   // PredRNN ST-LSTM stage 1 (SPEC.md section 2). Without return_deltas the deltas are empty.
+  // Its Autograd kernel saves the six gates i, f, g, i', f', g' (their derivatives need no more).
   m.def(
       "stlstm_memory(Tensor x_cat, Tensor h_cat, Tensor m_cat, Tensor c, Tensor m, "
       "float forget_bias=1.0, bool return_deltas=True) -> (Tensor mem, Tensor delta_c, "
@@ -25,10 +26,10 @@ TORCH_LIBRARY(predkern, m) {
   m.def(
       "stlstm_memory_forward(Tensor x_cat, Tensor h_cat, Tensor m_cat, Tensor c, Tensor m, "
       "float forget_bias, bool return_deltas) -> (Tensor mem, Tensor delta_c, Tensor delta_m, "
-      "Tensor pre_act)");
+      "Tensor gates)");
   m.def(
       "stlstm_memory_backward(Tensor? grad_mem, Tensor? grad_delta_c, Tensor? grad_delta_m, "
-      "Tensor pre_act, Tensor c, Tensor m, ScalarType gate_dtype) -> (Tensor grad_x_cat, "
+      "Tensor gates, Tensor c, Tensor m, ScalarType gate_dtype) -> (Tensor grad_x_cat, "
       "Tensor grad_h_cat, Tensor grad_m_cat, Tensor grad_c, Tensor grad_m)");
 
   // PredRNN ST-LSTM stage 2 (SPEC.md section 2).
@@ -37,7 +38,7 @@ TORCH_LIBRARY(predkern, m) {
       "stlstm_output_forward(Tensor x_cat, Tensor h_cat, Tensor o_conv, Tensor last_conv) "
       "-> (Tensor h_new, Tensor pre_o, Tensor tanh_last)");
   m.def(
-      "stlstm_output_backward(Tensor grad_h, Tensor pre_o, Tensor tanh_last) -> (Tensor grad_x_cat, "
+      "stlstm_output_backward(Tensor grad_h, Tensor o_gate, Tensor tanh_last) -> (Tensor grad_x_cat, "
       "Tensor grad_h_cat, Tensor grad_o_conv, Tensor grad_last_conv)");
 
   // PredRNN-V2 memory decoupling loss (SPEC.md section 3). row_coefs: (N*C, 4) float64, the

@@ -53,10 +53,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
     return return_deltas ? empty_like_format(c.sizes(), x, x.scalar_type()) : at::empty({0}, x.options());
   };
   const auto delta_c = delta(), delta_m = delta();
-  const auto pre_act =
+  const auto gates =
       save ? empty_like_format(with_channels(x, 6 * p.C), x, at::toOpMathType(c.scalar_type()))
            : at::empty({0}, c.options().dtype(at::toOpMathType(c.scalar_type())));
-  if (mem.numel() == 0) return {mem, delta_c, delta_m, pre_act};
+  if (mem.numel() == 0) return {mem, delta_c, delta_m, gates};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
   p.x_cat = view3(x, p.S, k[0]);
@@ -69,7 +69,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
     p.delta_c = view3(delta_c, p.S, k[6]);
     p.delta_m = view3(delta_m, p.S, k[7]);
   }
-  if (save) p.pre_act = view3(pre_act, p.S, k[8]);
+  if (save) p.gates = view3(gates, p.S, k[8]);
   if (x.is_cuda()) {
 #ifdef PREDKERN_WITH_CUDA
     const c10::cuda::CUDAGuard guard(x.device());
@@ -78,53 +78,53 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
   } else {
     stlstm_memory_forward_cpu(p);
   }
-  return {mem, delta_c, delta_m, pre_act};
+  return {mem, delta_c, delta_m, gates};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     const OptTensor& grad_mem, const OptTensor& grad_delta_c, const OptTensor& grad_delta_m,
-    const Tensor& pre_act, const Tensor& c, const Tensor& m, at::ScalarType gate_dtype) {
-  // pre_act (compute dtype), c and m come from the forward; the rest is checked against them.
-  check_tensor(kOp, pre_act, "pre_act", pre_act);
-  const int64_t C = check_stacked(kOp, pre_act, "pre_act", 6, "gate slots");
-  const auto state_shape = with_channels(pre_act, C);
+    const Tensor& gates, const Tensor& c, const Tensor& m, at::ScalarType gate_dtype) {
+  // gates (compute dtype), c and m come from the forward; the rest is checked against them.
+  check_tensor(kOp, gates, "gates", gates);
+  const int64_t C = check_stacked(kOp, gates, "gates", 6, "gate slots");
+  const auto state_shape = with_channels(gates, C);
   for (const auto& [t, name] : {std::pair{&c, "c"}, std::pair{&m, "m"}}) {
-    check_tensor(kOp, *t, name, pre_act);
+    check_tensor(kOp, *t, name, gates);
     check_shape(kOp, *t, name, state_shape, "(B, C, *spatial)");
   }
   check_dtype(kOp, m, "m", c.scalar_type(), "c");
   check_state_dtype(kOp, c, "c", gate_dtype);
-  check_dtype(kOp, pre_act, "pre_act", at::toOpMathType(c.scalar_type()), "c's compute type");
+  check_dtype(kOp, gates, "gates", at::toOpMathType(c.scalar_type()), "c's compute type");
   if (grad_mem) {
-    check_tensor(kOp, *grad_mem, "grad_mem", pre_act);
-    check_shape(kOp, *grad_mem, "grad_mem", with_channels(pre_act, 2 * C), "(B, 2*C, *spatial)");
+    check_tensor(kOp, *grad_mem, "grad_mem", gates);
+    check_shape(kOp, *grad_mem, "grad_mem", with_channels(gates, 2 * C), "(B, 2*C, *spatial)");
     check_dtype(kOp, *grad_mem, "grad_mem", c.scalar_type(), "mem");
   }
   for (const auto& [t, name] :
        {std::pair{&grad_delta_c, "grad_delta_c"}, std::pair{&grad_delta_m, "grad_delta_m"}}) {
     if (!*t) continue;
-    check_tensor(kOp, **t, name, pre_act);
+    check_tensor(kOp, **t, name, gates);
     check_shape(kOp, **t, name, state_shape, "(B, C, *spatial)");
     check_dtype(kOp, **t, name, gate_dtype, "the deltas");
   }
   STLSTMMemoryBackward p;
-  p.B = pre_act.size(0);
+  p.B = gates.size(0);
   p.C = C;
-  p.S = spatial_numel(pre_act);
+  p.S = spatial_numel(gates);
   p.gate_dtype = dtype_of(gate_dtype);
   p.state_dtype = dtype_of(c.scalar_type());
-  const auto grad_x = empty_like_format(with_channels(pre_act, 7 * C), pre_act, gate_dtype);
-  const auto grad_h = empty_like_format(with_channels(pre_act, 4 * C), pre_act, gate_dtype);
-  const auto grad_mc = empty_like_format(with_channels(pre_act, 3 * C), pre_act, gate_dtype);
-  const auto grad_c = empty_like_format(state_shape, pre_act, c.scalar_type());
-  const auto grad_m = empty_like_format(state_shape, pre_act, c.scalar_type());
+  const auto grad_x = empty_like_format(with_channels(gates, 7 * C), gates, gate_dtype);
+  const auto grad_h = empty_like_format(with_channels(gates, 4 * C), gates, gate_dtype);
+  const auto grad_mc = empty_like_format(with_channels(gates, 3 * C), gates, gate_dtype);
+  const auto grad_c = empty_like_format(state_shape, gates, c.scalar_type());
+  const auto grad_m = empty_like_format(state_shape, gates, c.scalar_type());
   if (grad_c.numel() == 0) return {grad_x, grad_h, grad_mc, grad_c, grad_m};
 
   Tensor k[11];
   p.grad_mem = view3(grad_mem, p.S, k[0]);
   p.grad_delta_c = view3(grad_delta_c, p.S, k[1]);
   p.grad_delta_m = view3(grad_delta_m, p.S, k[2]);
-  p.pre_act = view3(pre_act, p.S, k[3]);
+  p.gates = view3(gates, p.S, k[3]);
   p.c = view3(c, p.S, k[4]);
   p.m = view3(m, p.S, k[5]);
   p.grad_x_cat = view3(grad_x, p.S, k[6]);
@@ -132,10 +132,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
   p.grad_m_cat = view3(grad_mc, p.S, k[8]);
   p.grad_c = view3(grad_c, p.S, k[9]);
   p.grad_m = view3(grad_m, p.S, k[10]);
-  if (pre_act.is_cuda()) {
+  if (gates.is_cuda()) {
 #ifdef PREDKERN_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(pre_act.device());
-    stlstm_memory_backward_cuda(p, current_stream(pre_act));
+    const c10::cuda::CUDAGuard guard(gates.device());
+    stlstm_memory_backward_cuda(p, current_stream(gates));
 #endif
   } else {
     stlstm_memory_backward_cpu(p);
@@ -171,10 +171,10 @@ class STLSTMMemoryFunction : public torch::autograd::Function<STLSTMMemoryFuncti
                                .findSchemaOrThrow("predkern::stlstm_memory_forward", "")
                                .typed<decltype(forward_kernel)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [mem, delta_c, delta_m, pre_act] = op.call(x, h, mc, c, m, forget_bias, return_deltas);
+    auto [mem, delta_c, delta_m, gates] = op.call(x, h, mc, c, m, forget_bias, return_deltas);
     ctx->set_materialize_grads(false);
-    // Saved: the six activations' arguments (6C, state dtype) plus the inputs c and m.
-    ctx->save_for_backward({pre_act, c, m});
+    // Saved: the six gates (6C, compute dtype) plus the inputs c and m.
+    ctx->save_for_backward({gates, c, m});
     ctx->saved_data["gate_dtype"] = x.scalar_type();
     ctx->saved_data["return_deltas"] = return_deltas;
     if (!return_deltas) ctx->mark_non_differentiable({delta_c, delta_m});

@@ -11,18 +11,20 @@
 
 namespace predkern {
 
-// Slots of pre_act (B, 6C, S): the arguments of the six activations, forget_bias included.
+// Slots of gates (B, 6C, S): the six gate values, after their activations. Saving the values, not
+// their arguments, spares the backward six exp and divisions per element: sigmoid' = y (1 - y)
+// and tanh' = 1 - y^2 need nothing else.
 enum STLSTMSlot : int { kSI = 0, kSF = 1, kSG = 2, kSIm = 3, kSFm = 4, kSGm = 5 };
 
 struct STLSTMMemoryForward {
   int64_t B = 0, C = 0, S = 0;
   DType gate_dtype = DType::Float32;   // x_cat, h_cat, m_cat, delta_c, delta_m
-  DType state_dtype = DType::Float32;  // c, m, mem (pre_act: float32 or float64)
+  DType state_dtype = DType::Float32;  // c, m, mem (gates: float32 or float64)
   double forget_bias = 1.0;
   View3 x_cat, h_cat, m_cat, c, m;
   View3 mem;                // output (B, 2C, S): c' in channels [0, C), m' in [C, 2C)
   View3 delta_c, delta_m;   // optional outputs (B, C, S)
-  View3 pre_act;            // optional output (B, 6C, S), slot order, saved for backward
+  View3 gates;              // optional output (B, 6C, S), slot order, saved for backward
 };
 
 struct STLSTMMemoryBackward {
@@ -31,7 +33,7 @@ struct STLSTMMemoryBackward {
   DType state_dtype = DType::Float32;
   View3 grad_mem;                    // (B, 2C, S) state dtype; optional
   View3 grad_delta_c, grad_delta_m;  // (B, C, S) gate dtype; each optional
-  View3 pre_act, c, m;               // as saved by the forward
+  View3 gates, c, m;                 // as saved by the forward
   View3 grad_x_cat;  // output (B, 7C, S): blocks 0..5 the six gate grads, block 6 (o) zero
   View3 grad_h_cat;  // output (B, 4C, S): blocks 0..2 = grads of i, f, g; block 3 (o) zero
   View3 grad_m_cat;  // output (B, 3C, S): grads of i', f', g'

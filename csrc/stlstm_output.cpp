@@ -36,9 +36,9 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const Tensor& h
   p.S = spatial_numel(x);
   p.dtype = dtype_of(x.scalar_type());
   const auto h_new = empty_like_format(oc.sizes(), x, x.scalar_type());
-  const auto pre_o = save ? empty_like_format(oc.sizes(), x, x.scalar_type()) : Tensor();
+  const auto o_gate = save ? empty_like_format(oc.sizes(), x, x.scalar_type()) : Tensor();
   const auto tanh_last = save ? empty_like_format(oc.sizes(), x, x.scalar_type()) : Tensor();
-  if (h_new.numel() == 0) return {h_new, pre_o, tanh_last};
+  if (h_new.numel() == 0) return {h_new, o_gate, tanh_last};
   Tensor k[7];
   p.x_cat = view3(x, p.S, k[0]);
   p.h_cat = view3(h, p.S, k[1]);
@@ -46,7 +46,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const Tensor& h
   p.last_conv = view3(lc, p.S, k[3]);
   p.h_new = view3(h_new, p.S, k[4]);
   if (save) {
-    p.pre_o = view3(pre_o, p.S, k[5]);
+    p.o_gate = view3(o_gate, p.S, k[5]);
     p.tanh_last = view3(tanh_last, p.S, k[6]);
   }
   if (x.is_cuda()) {
@@ -57,7 +57,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const Tensor& h
   } else {
     stlstm_output_forward_cpu(p);
   }
-  return {h_new, pre_o, tanh_last};
+  return {h_new, o_gate, tanh_last};
 }
 
 std::tuple<Tensor, Tensor, Tensor> forward_kernel(const Tensor& x, const Tensor& h,
@@ -71,39 +71,39 @@ Tensor inference_kernel(const Tensor& x, const Tensor& h, const Tensor& oc, cons
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_h,
-                                                           const Tensor& pre_o,
+                                                           const Tensor& o_gate,
                                                            const Tensor& tanh_last) {
-  check_tensor(kOp, pre_o, "pre_o", pre_o);
-  TORCH_CHECK_VALUE(pre_o.dim() >= 2, kOp, ": `pre_o` must have shape (B, C, *spatial), got ",
-                    pre_o.sizes());
+  check_tensor(kOp, o_gate, "o_gate", o_gate);
+  TORCH_CHECK_VALUE(o_gate.dim() >= 2, kOp, ": `o_gate` must have shape (B, C, *spatial), got ",
+                    o_gate.sizes());
   for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"}, std::pair{&tanh_last, "tanh_last"}}) {
-    check_tensor(kOp, *t, name, pre_o);
-    check_shape(kOp, *t, name, pre_o.sizes(), "pre_o.shape");
-    check_dtype(kOp, *t, name, pre_o.scalar_type(), "pre_o");
+    check_tensor(kOp, *t, name, o_gate);
+    check_shape(kOp, *t, name, o_gate.sizes(), "o_gate.shape");
+    check_dtype(kOp, *t, name, o_gate.scalar_type(), "o_gate");
   }
   STLSTMOutputBackward p;
-  p.B = pre_o.size(0);
-  p.C = pre_o.size(1);
-  p.S = spatial_numel(pre_o);
-  p.dtype = dtype_of(pre_o.scalar_type());
-  const auto dt = pre_o.scalar_type();
-  const auto grad_x = empty_like_format(with_channels(pre_o, 7 * p.C), pre_o, dt);
-  const auto grad_hc = empty_like_format(with_channels(pre_o, 4 * p.C), pre_o, dt);
-  const auto grad_oc = empty_like_format(pre_o.sizes(), pre_o, dt);
-  const auto grad_lc = empty_like_format(pre_o.sizes(), pre_o, dt);
+  p.B = o_gate.size(0);
+  p.C = o_gate.size(1);
+  p.S = spatial_numel(o_gate);
+  p.dtype = dtype_of(o_gate.scalar_type());
+  const auto dt = o_gate.scalar_type();
+  const auto grad_x = empty_like_format(with_channels(o_gate, 7 * p.C), o_gate, dt);
+  const auto grad_hc = empty_like_format(with_channels(o_gate, 4 * p.C), o_gate, dt);
+  const auto grad_oc = empty_like_format(o_gate.sizes(), o_gate, dt);
+  const auto grad_lc = empty_like_format(o_gate.sizes(), o_gate, dt);
   if (grad_oc.numel() == 0) return {grad_x, grad_hc, grad_oc, grad_lc};
   Tensor k[7];
   p.grad_h = view3(grad_h, p.S, k[0]);
-  p.pre_o = view3(pre_o, p.S, k[1]);
+  p.o_gate = view3(o_gate, p.S, k[1]);
   p.tanh_last = view3(tanh_last, p.S, k[2]);
   p.grad_x_cat = view3(grad_x, p.S, k[3]);
   p.grad_h_cat = view3(grad_hc, p.S, k[4]);
   p.grad_o_conv = view3(grad_oc, p.S, k[5]);
   p.grad_last_conv = view3(grad_lc, p.S, k[6]);
-  if (pre_o.is_cuda()) {
+  if (o_gate.is_cuda()) {
 #ifdef PREDKERN_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(pre_o.device());
-    stlstm_output_backward_cuda(p, current_stream(pre_o));
+    const c10::cuda::CUDAGuard guard(o_gate.device());
+    stlstm_output_backward_cuda(p, current_stream(o_gate));
 #endif
   } else {
     stlstm_output_backward_cpu(p);
@@ -120,9 +120,9 @@ class STLSTMOutputFunction : public torch::autograd::Function<STLSTMOutputFuncti
                                .findSchemaOrThrow("predkern::stlstm_output_forward", "")
                                .typed<decltype(forward_kernel)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [h_new, pre_o, tanh_last] = op.call(x, h, oc, lc);
-    // Saved: the o gate's argument and tanh(last_conv), C each like eager's o and tanh(last).
-    ctx->save_for_backward({pre_o, tanh_last});
+    auto [h_new, o_gate, tanh_last] = op.call(x, h, oc, lc);
+    // Saved: the o gate and tanh(last_conv), C each, as eager saves o and tanh(last).
+    ctx->save_for_backward({o_gate, tanh_last});
     return {h_new};
   }
 

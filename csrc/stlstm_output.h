@@ -12,7 +12,7 @@ struct STLSTMOutputForward {
   DType dtype = DType::Float32;
   View3 x_cat, h_cat, o_conv, last_conv;
   View3 h_new;      // output (B, C, S)
-  View3 pre_o;      // optional output (B, C, S): x_o + h_o + o_conv, saved for backward
+  View3 o_gate;     // optional output (B, C, S): sig(x_o + h_o + o_conv), saved for backward
   View3 tanh_last;  // optional output (B, C, S): tanh(last_conv), saved for backward (saving it
                     // rather than last_conv frees the (B, 2C) buffer of a merged conv_o/conv_last)
 };
@@ -20,10 +20,10 @@ struct STLSTMOutputForward {
 struct STLSTMOutputBackward {
   int64_t B = 0, C = 0, S = 0;
   DType dtype = DType::Float32;
-  View3 grad_h, pre_o, tanh_last;
-  View3 grad_x_cat;      // output (B, 7C, S): block 6 = d pre_o, blocks 0..5 zero
-  View3 grad_h_cat;      // output (B, 4C, S): block 3 = d pre_o, blocks 0..2 zero
-  View3 grad_o_conv;     // output (B, C, S) = d pre_o
+  View3 grad_h, o_gate, tanh_last;
+  View3 grad_x_cat;      // output (B, 7C, S): block 6 = d (x_o + h_o + o_conv), blocks 0..5 zero
+  View3 grad_h_cat;      // output (B, 4C, S): block 3 = the same, blocks 0..2 zero
+  View3 grad_o_conv;     // output (B, C, S) = the same
   View3 grad_last_conv;  // output (B, C, S)
 };
 

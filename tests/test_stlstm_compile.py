@@ -30,8 +30,8 @@ def test_opcheck_cpp_ops():
     torch.library.opcheck(torch.ops.predkern.stlstm_output, tuple(y.values()))
     detached = [t.detach() for t in y.values()]
     torch.library.opcheck(torch.ops.predkern.stlstm_output_forward, detached)
-    h, pre_o, tanh_last = torch.ops.predkern.stlstm_output_forward(*detached)
-    torch.library.opcheck(torch.ops.predkern.stlstm_output_backward, (torch.randn_like(h), pre_o, tanh_last))
+    h, o_gate, tanh_last = torch.ops.predkern.stlstm_output_forward(*detached)
+    torch.library.opcheck(torch.ops.predkern.stlstm_output_backward, (torch.randn_like(h), o_gate, tanh_last))
 
 
 @pytest.mark.interpreter

@@ -7,57 +7,52 @@ namespace predkern::cpu {
 namespace CPU_CAPABILITY {
 namespace stlstm_memory {
 
+// Both kernels compute c's half (blocks i, f, g of x_cat and h_cat, and c) and m's half (i', f', g'
+// of x_cat and m_cat, and m) as two passes of the same math on other operands (see run_passes);
+// the backward adds a third, zeroing the o blocks.
+
 template <typename G, typename S>
 void forward_typed(const STLSTMMemoryForward& p) {
   using T = typename OpMathOf<G>::type;
   constexpr int64_t V = Vectorized<T>::size();
   const RowSpace rs = row_space(p.B, p.C, p.S, p.mem);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
-  const bool deltas = p.delta_c.ptr, save = p.pre_act.ptr;
+  const bool si = rs.space_inner, deltas = p.delta_c.ptr, save = p.gates.ptr;
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
-  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / outer_n, o = row % outer_n;
-      const bool si = rs.space_inner;
-      Run<const G> x[6], h[3], mc[3];
-      Run<T> pre[6];
-      for (int k = 0; k < 6; ++k) {
-        x[k] = run_of<const G>(p.x_cat, b, o, k * C, si);
-        if (save) pre[k] = run_of<T>(p.pre_act, b, o, k * C, si);
-      }
-      for (int k = 0; k < 3; ++k) {
-        h[k] = run_of<const G>(p.h_cat, b, o, k * C, si);
-        mc[k] = run_of<const G>(p.m_cat, b, o, k * C, si);
-      }
-      const auto c = run_of<const S>(p.c, b, o, 0, si), m = run_of<const S>(p.m, b, o, 0, si);
-      const auto c_out = run_of<S>(p.mem, b, o, 0, si), m_out = run_of<S>(p.mem, b, o, C, si);
-      Run<G> dc_out, dm_out;
-      if (deltas) {
-        dc_out = run_of<G>(p.delta_c, b, o, 0, si);
-        dm_out = run_of<G>(p.delta_m, b, o, 0, si);
-      }
-      for (int64_t j = 0; j < rs.inner; j += V) {
-        const int64_t n = std::min(V, rs.inner - j);
-        Vectorized<T> z[6];
-        for (int k = 0; k < 3; ++k) {
-          z[k] = load<T>(x[k], j, n) + load<T>(h[k], j, n);
-          z[k + 3] = load<T>(x[k + 3], j, n) + load<T>(mc[k], j, n);
-        }
-        z[kSF] = z[kSF] + forget_bias;
-        z[kSFm] = z[kSFm] + forget_bias;
-        const auto dc = sigmoid(z[kSI]) * tanh(z[kSG]);
-        const auto dm = sigmoid(z[kSIm]) * tanh(z[kSGm]);
-        store(c_out, j, n, sigmoid(z[kSF]) * load<T>(c, j, n) + dc);
-        store(m_out, j, n, sigmoid(z[kSFm]) * load<T>(m, j, n) + dm);
-        if (deltas) {
-          store(dc_out, j, n, dc);
-          store(dm_out, j, n, dm);
-        }
-        if (save)
-          for (int k = 0; k < 6; ++k) store(pre[k], j, n, z[k]);
+  // half 0: c' from c and h_cat; half 1: m' from m and m_cat
+  const auto pass = [&](int half, int64_t row) {
+    const int64_t b = row / outer_n, o = row % outer_n;
+    const View3& other = half ? p.m_cat : p.h_cat;
+    Run<const G> x[3], y[3];
+    Run<T> gates[3];
+    for (int k = 0; k < 3; ++k) {
+      x[k] = run_of<const G>(p.x_cat, b, o, (3 * half + k) * C, si);
+      y[k] = run_of<const G>(other, b, o, k * C, si);
+      if (save) gates[k] = run_of<T>(p.gates, b, o, (3 * half + k) * C, si);
+    }
+    const auto state = run_of<const S>(half ? p.m : p.c, b, o, 0, si);
+    const auto state_out = run_of<S>(p.mem, b, o, half * C, si);
+    const auto delta_out = deltas ? run_of<G>(half ? p.delta_m : p.delta_c, b, o, 0, si) : Run<G>{};
+    for (int64_t j = 0; j < rs.inner; j += V) {
+      const int64_t n = std::min(V, rs.inner - j);
+      Vectorized<T> z[3];
+      for (int k = 0; k < 3; ++k) z[k] = load<T>(x[k], j, n) + load<T>(y[k], j, n);
+      const auto i = sigmoid(z[0]), f = sigmoid(z[1] + forget_bias), g = tanh(z[2]);
+      const auto delta = i * g;
+      store(state_out, j, n, f * load<T>(state, j, n) + delta);
+      if (deltas) store(delta_out, j, n, delta);
+      if (save) {
+        store(gates[0], j, n, i);
+        store(gates[1], j, n, f);
+        store(gates[2], j, n, g);
       }
     }
+  };
+  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
+    for_each_tile(begin, end, rs, [&](int64_t tile_begin, int64_t tile_end) {
+      run_passes(rs, tile_begin, tile_end, 2, pass);
+    });
   });
 }
 
@@ -67,64 +62,67 @@ void backward_typed(const STLSTMMemoryBackward& p) {
   constexpr int64_t V = Vectorized<T>::size();
   const RowSpace rs = row_space(p.B, p.C, p.S, p.grad_c);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
-  const bool has_dmem = p.grad_mem.ptr, has_ddc = p.grad_delta_c.ptr, has_ddm = p.grad_delta_m.ptr;
+  const bool si = rs.space_inner, has_dmem = p.grad_mem.ptr;
   const Vectorized<T> zero(T(0)), one(T(1));
 
-  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / outer_n, o = row % outer_n;
-      const bool si = rs.space_inner;
-      Run<const T> pre[6];
-      Run<G> gx[7], gh[4], gm[3];
-      for (int k = 0; k < 6; ++k) pre[k] = run_of<const T>(p.pre_act, b, o, k * C, si);
-      for (int k = 0; k < 7; ++k) gx[k] = run_of<G>(p.grad_x_cat, b, o, k * C, si);
-      for (int k = 0; k < 4; ++k) gh[k] = run_of<G>(p.grad_h_cat, b, o, k * C, si);
-      for (int k = 0; k < 3; ++k) gm[k] = run_of<G>(p.grad_m_cat, b, o, k * C, si);
-      const auto c = run_of<const S>(p.c, b, o, 0, si), m = run_of<const S>(p.m, b, o, 0, si);
-      Run<const S> dcn_in, dmn_in;
-      if (has_dmem) {
-        dcn_in = run_of<const S>(p.grad_mem, b, o, 0, si);
-        dmn_in = run_of<const S>(p.grad_mem, b, o, C, si);
-      }
-      const auto ddc_in = has_ddc ? run_of<const G>(p.grad_delta_c, b, o, 0, si) : Run<const G>{};
-      const auto ddm_in = has_ddm ? run_of<const G>(p.grad_delta_m, b, o, 0, si) : Run<const G>{};
-      const auto gc_out = run_of<S>(p.grad_c, b, o, 0, si);
-      const auto gmm_out = run_of<S>(p.grad_m, b, o, 0, si);
-
-      for (int64_t j = 0; j < rs.inner; j += V) {
-        const int64_t n = std::min(V, rs.inner - j);
-        const auto zi = load<T>(pre[kSI], j, n), zf = load<T>(pre[kSF], j, n);
-        const auto zg = load<T>(pre[kSG], j, n), zim = load<T>(pre[kSIm], j, n);
-        const auto zfm = load<T>(pre[kSFm], j, n), zgm = load<T>(pre[kSGm], j, n);
-        const auto i = sigmoid(zi), f = sigmoid(zf), g = tanh(zg);
-        const auto im = sigmoid(zim), fm = sigmoid(zfm), gm_ = tanh(zgm);
-        // An output without a gradient contributes no term (not a zero product, which would
-        // turn an inf or NaN on that path into NaN where eager autograd never runs the path).
-        // c' = f c + delta_c and delta_c = i g: delta_c's gradient is c''s plus its own.
-        Vectorized<T> dcn = zero, dmn = zero, tc = zero, tm = zero;
-        if (has_dmem) tc = dcn = load<T>(dcn_in, j, n);
-        if (has_dmem) tm = dmn = load<T>(dmn_in, j, n);
-        if (has_ddc) tc = has_dmem ? tc + load<T>(ddc_in, j, n) : load<T>(ddc_in, j, n);
-        if (has_ddm) tm = has_dmem ? tm + load<T>(ddm_in, j, n) : load<T>(ddm_in, j, n);
-        const bool has_tc = has_dmem || has_ddc, has_tm = has_dmem || has_ddm;
-        const Vectorized<T> dz[6] = {
-            has_tc ? act_backward(tc * g, zi, i, false) : zero,
-            has_dmem ? act_backward(dcn * load<T>(c, j, n), zf, f, false) : zero,
-            has_tc ? tc * i * (one - g * g) : zero,
-            has_tm ? act_backward(tm * gm_, zim, im, false) : zero,
-            has_dmem ? act_backward(dmn * load<T>(m, j, n), zfm, fm, false) : zero,
-            has_tm ? tm * im * (one - gm_ * gm_) : zero};
-        for (int k = 0; k < 6; ++k) store(gx[k], j, n, dz[k]);
-        store(gx[6], j, n, zero);
-        for (int k = 0; k < 3; ++k) {
-          store(gh[k], j, n, dz[k]);
-          store(gm[k], j, n, dz[k + 3]);
-        }
-        store(gh[3], j, n, zero);
-        store(gc_out, j, n, has_dmem ? dcn * f : zero);
-        store(gmm_out, j, n, has_dmem ? dmn * fm : zero);
-      }
+  // half 0: c's path (i, f, g); half 1: m's (i', f', g')
+  const auto pass = [&](int half, int64_t row) {
+    const int64_t b = row / outer_n, o = row % outer_n;
+    const View3& grad_delta = half ? p.grad_delta_m : p.grad_delta_c;
+    const bool has_dd = grad_delta.ptr;
+    Run<const T> gates[3];
+    Run<G> gx[3], gy[3];  // gy: the same gate grads in h_cat (c's path) or m_cat (m's path)
+    for (int k = 0; k < 3; ++k) {
+      gates[k] = run_of<const T>(p.gates, b, o, (3 * half + k) * C, si);
+      gx[k] = run_of<G>(p.grad_x_cat, b, o, (3 * half + k) * C, si);
+      gy[k] = run_of<G>(half ? p.grad_m_cat : p.grad_h_cat, b, o, k * C, si);
     }
+    const auto state = run_of<const S>(half ? p.m : p.c, b, o, 0, si);
+    const auto dnew_in = has_dmem ? run_of<const S>(p.grad_mem, b, o, half * C, si) : Run<const S>{};
+    const auto dd_in = has_dd ? run_of<const G>(grad_delta, b, o, 0, si) : Run<const G>{};
+    const auto gstate_out = run_of<S>(half ? p.grad_m : p.grad_c, b, o, 0, si);
+    for (int64_t j = 0; j < rs.inner; j += V) {
+      const int64_t n = std::min(V, rs.inner - j);
+      const auto i = load<T>(gates[0], j, n), f = load<T>(gates[1], j, n), g = load<T>(gates[2], j, n);
+      // An output without a gradient contributes no term (not a zero product, which would
+      // turn an inf or NaN on that path into NaN where eager autograd never runs the path).
+      // c' = f c + delta_c and delta_c = i g: delta_c's gradient is c''s plus its own.
+      Vectorized<T> dnew = zero, t = zero;
+      if (has_dmem) t = dnew = load<T>(dnew_in, j, n);
+      if (has_dd) t = has_dmem ? t + load<T>(dd_in, j, n) : load<T>(dd_in, j, n);
+      const bool has_t = has_dmem || has_dd;
+      // sigmoid' and tanh' from the saved values, associated as eager's sigmoid/tanh_backward
+      const Vectorized<T> dz[3] = {
+          has_t ? t * g * (one - i) * i : zero,
+          has_dmem ? dnew * load<T>(state, j, n) * (one - f) * f : zero,
+          has_t ? t * i * (one - g * g) : zero};
+      for (int k = 0; k < 3; ++k) {
+        store(gx[k], j, n, dz[k]);
+        store(gy[k], j, n, dz[k]);
+      }
+      store(gstate_out, j, n, has_dmem ? dnew * f : zero);
+    }
+  };
+  // the o blocks of grad_x_cat and grad_h_cat: stage 1 does not read them
+  const auto zero_o_blocks = [&](int64_t row) {
+    const int64_t b = row / outer_n, o = row % outer_n;
+    const auto gxo = run_of<G>(p.grad_x_cat, b, o, 6 * C, si);
+    const auto gho = run_of<G>(p.grad_h_cat, b, o, 3 * C, si);
+    for (int64_t j = 0; j < rs.inner; j += V) {
+      const int64_t n = std::min(V, rs.inner - j);
+      store(gxo, j, n, zero);
+      store(gho, j, n, zero);
+    }
+  };
+  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
+    for_each_tile(begin, end, rs, [&](int64_t tile_begin, int64_t tile_end) {
+      run_passes(rs, tile_begin, tile_end, 3, [&](int k, int64_t row) {
+        if (k < 2)
+          pass(k, row);
+        else
+          zero_o_blocks(row);
+      });
+    });
   });
 }
 

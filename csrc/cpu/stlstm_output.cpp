@@ -13,7 +13,7 @@ void forward_typed(const STLSTMOutputForward& p) {
   constexpr int64_t V = Vectorized<T>::size();
   const RowSpace rs = row_space(p.B, p.C, p.S, p.h_new);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
-  const bool save = p.pre_o.ptr;
+  const bool save = p.o_gate.ptr;
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -24,15 +24,15 @@ void forward_typed(const STLSTMOutputForward& p) {
       const auto oc = run_of<const G>(p.o_conv, b, o, 0, si);
       const auto lc = run_of<const G>(p.last_conv, b, o, 0, si);
       const auto h_out = run_of<G>(p.h_new, b, o, 0, si);
-      const auto pre_out = save ? run_of<G>(p.pre_o, b, o, 0, si) : Run<G>{};
+      const auto o_out = save ? run_of<G>(p.o_gate, b, o, 0, si) : Run<G>{};
       const auto t_out = save ? run_of<G>(p.tanh_last, b, o, 0, si) : Run<G>{};
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t n = std::min(V, rs.inner - j);
-        const auto zo = load<T>(x_o, j, n) + load<T>(h_o, j, n) + load<T>(oc, j, n);
+        const auto og = sigmoid(load<T>(x_o, j, n) + load<T>(h_o, j, n) + load<T>(oc, j, n));
         const auto t = tanh(load<T>(lc, j, n));
-        store(h_out, j, n, sigmoid(zo) * t);
+        store(h_out, j, n, og * t);
         if (save) {
-          store(pre_out, j, n, zo);
+          store(o_out, j, n, og);
           store(t_out, j, n, t);
         }
       }
@@ -40,39 +40,54 @@ void forward_typed(const STLSTMOutputForward& p) {
   });
 }
 
+// The backward writes the gradients in one pass and each of the nine zero blocks in a pass of its
+// own (see run_passes).
 template <typename G>
 void backward_typed(const STLSTMOutputBackward& p) {
   using T = typename OpMathOf<G>::type;
   constexpr int64_t V = Vectorized<T>::size();
   const RowSpace rs = row_space(p.B, p.C, p.S, p.grad_o_conv);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
+  const bool si = rs.space_inner;
   const Vectorized<T> zero(T(0)), one(T(1));
 
-  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / outer_n, o = row % outer_n;
-      const bool si = rs.space_inner;
-      const auto dh = run_of<const G>(p.grad_h, b, o, 0, si);
-      const auto pre = run_of<const G>(p.pre_o, b, o, 0, si);
-      const auto tl = run_of<const G>(p.tanh_last, b, o, 0, si);
-      Run<G> gx[7], gh[4];
-      for (int k = 0; k < 7; ++k) gx[k] = run_of<G>(p.grad_x_cat, b, o, k * C, si);
-      for (int k = 0; k < 4; ++k) gh[k] = run_of<G>(p.grad_h_cat, b, o, k * C, si);
-      const auto goc = run_of<G>(p.grad_o_conv, b, o, 0, si);
-      const auto glc = run_of<G>(p.grad_last_conv, b, o, 0, si);
-      for (int64_t j = 0; j < rs.inner; j += V) {
-        const int64_t n = std::min(V, rs.inner - j);
-        const auto zo = load<T>(pre, j, n), g = load<T>(dh, j, n);
-        const auto o_ = sigmoid(zo), t = load<T>(tl, j, n);
-        const auto dzo = act_backward(g * t, zo, o_, false);
-        for (int k = 0; k < 6; ++k) store(gx[k], j, n, zero);
-        store(gx[6], j, n, dzo);
-        for (int k = 0; k < 3; ++k) store(gh[k], j, n, zero);
-        store(gh[3], j, n, dzo);
-        store(goc, j, n, dzo);
-        store(glc, j, n, g * o_ * (one - t * t));
-      }
+  const auto grads = [&](int64_t row) {
+    const int64_t b = row / outer_n, o = row % outer_n;
+    const auto dh = run_of<const G>(p.grad_h, b, o, 0, si);
+    const auto og = run_of<const G>(p.o_gate, b, o, 0, si);
+    const auto tl = run_of<const G>(p.tanh_last, b, o, 0, si);
+    const auto gxo = run_of<G>(p.grad_x_cat, b, o, 6 * C, si);
+    const auto gho = run_of<G>(p.grad_h_cat, b, o, 3 * C, si);
+    const auto goc = run_of<G>(p.grad_o_conv, b, o, 0, si);
+    const auto glc = run_of<G>(p.grad_last_conv, b, o, 0, si);
+    for (int64_t j = 0; j < rs.inner; j += V) {
+      const int64_t n = std::min(V, rs.inner - j);
+      const auto g = load<T>(dh, j, n), o_ = load<T>(og, j, n), t = load<T>(tl, j, n);
+      // sigmoid' and tanh' from the saved values, associated as eager's sigmoid/tanh_backward
+      const auto dzo = g * t * (one - o_) * o_;
+      store(gxo, j, n, dzo);
+      store(gho, j, n, dzo);
+      store(goc, j, n, dzo);
+      store(glc, j, n, g * o_ * (one - t * t));
     }
+  };
+  // zero block k < 6 of grad_x_cat, or block k - 6 of grad_h_cat: stage 1's blocks
+  const auto zero_block = [&](int k, int64_t row) {
+    const int64_t b = row / outer_n, o = row % outer_n;
+    const auto out = k < 6 ? run_of<G>(p.grad_x_cat, b, o, k * C, si)
+                           : run_of<G>(p.grad_h_cat, b, o, (k - 6) * C, si);
+    for (int64_t j = 0; j < rs.inner; j += V) store(out, j, std::min(V, rs.inner - j), zero);
+  };
+  const auto pass = [&](int k, int64_t row) {
+    if (k == 0)
+      grads(row);
+    else
+      zero_block(k - 1, row);
+  };
+  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
+    for_each_tile(begin, end, rs, [&](int64_t tile_begin, int64_t tile_end) {
+      run_passes(rs, tile_begin, tile_end, 10, pass);
+    });
   });
 }
 

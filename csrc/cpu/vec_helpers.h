@@ -134,6 +134,32 @@ inline RowSpace row_space(int64_t B, int64_t C, int64_t S, const View3& out) {
   return r;
 }
 
+// Calls fn(tile_begin, tile_end) over [begin, end) in tiles of rows of about 16K elements, so a
+// kernel can run several passes over a tile (each with fewer streams open) while it is cached.
+template <typename F>
+inline void for_each_tile(int64_t begin, int64_t end, const RowSpace& rs, const F& fn) {
+  const int64_t tile = std::max<int64_t>(1, 16384 / std::max<int64_t>(rs.inner, 1));
+  for (int64_t t = begin; t < end; t += tile) fn(t, std::min(end, t + tile));
+}
+
+// Runs pass(k, row) for k in [0, passes) over the rows of a tile. Where space is the inner
+// dimension, the tile gets one pass after the other: a kernel that splits its work into passes
+// over a few channel blocks each keeps a dozen streams open rather than two dozen, all 4 KiB-aliased
+// (blocks lie C*S elements apart); stlstm_memory ran 1.2-1.3x faster each way that way on an EPYC
+// at B=16, C=128, 16x16. Where channels are inner (channels_last), a row's blocks are adjacent and
+// the passes run row by row (1.15-1.25x faster there than pass by pass).
+template <typename Pass>
+inline void run_passes(const RowSpace& rs, int64_t tile_begin, int64_t tile_end, int passes,
+                       const Pass& pass) {
+  if (rs.space_inner) {
+    for (int k = 0; k < passes; ++k)
+      for (int64_t row = tile_begin; row < tile_end; ++row) pass(k, row);
+  } else {
+    for (int64_t row = tile_begin; row < tile_end; ++row)
+      for (int k = 0; k < passes; ++k) pass(k, row);
+  }
+}
+
 // Runs Kernel<G, S> for the (gate, state) dtype pair; SPEC.md section 5 allows equal dtypes and
 // the autocast mix (float16 / bfloat16 gates with float32 state).
 template <template <typename, typename> class Kernel, typename Params>

@@ -37,12 +37,12 @@ struct FwdArgs {
   S* mem = nullptr;  // (B, 2C, S): c' then m'
   G* dc = nullptr;   // optional delta_c
   G* dm = nullptr;   // optional delta_m
-  OpMath<G>* pre = nullptr;  // optional pre_act (B, 6C, S), slot order, compute dtype
-  Str<I> x_s, h_s, mc_s, c_s, m_s, mem_s, dc_s, dm_s, pre_s;
+  OpMath<G>* gates = nullptr;  // optional gates (B, 6C, S): i, f, g, i', f', g', compute dtype
+  Str<I> x_s, h_s, mc_s, c_s, m_s, mem_s, dc_s, dm_s, gates_s;
   I x_blk[6] = {0, 0, 0, 0, 0, 0};  // offset of channel block k
   I h_blk[3] = {0, 0, 0};
   I mc_blk[3] = {0, 0, 0};
-  I pre_blk[6] = {0, 0, 0, 0, 0, 0};
+  I gates_blk[6] = {0, 0, 0, 0, 0, 0};
   I mem_blk1 = 0;  // offset of m' in mem
   T forget_bias = T(0);
 };
@@ -76,14 +76,14 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   store(a.mem + memo + a.mem_blk1, mn);
   if (a.dc != nullptr) store(a.dc + a.dc_s.at(b, ch, s), dcv);
   if (a.dm != nullptr) store(a.dm + a.dm_s.at(b, ch, s), dmv);
-  if (a.pre != nullptr) {
-    const I pro = a.pre_s.at(b, ch, s);
-    store(a.pre + pro + a.pre_blk[kSI], zi);
-    store(a.pre + pro + a.pre_blk[kSF], zf);
-    store(a.pre + pro + a.pre_blk[kSG], zg);
-    store(a.pre + pro + a.pre_blk[kSIm], zim);
-    store(a.pre + pro + a.pre_blk[kSFm], zfm);
-    store(a.pre + pro + a.pre_blk[kSGm], zgm);
+  if (a.gates != nullptr) {
+    const I go = a.gates_s.at(b, ch, s);
+    store(a.gates + go + a.gates_blk[kSI], i);
+    store(a.gates + go + a.gates_blk[kSF], f);
+    store(a.gates + go + a.gates_blk[kSG], g);
+    store(a.gates + go + a.gates_blk[kSIm], im);
+    store(a.gates + go + a.gates_blk[kSFm], fm);
+    store(a.gates + go + a.gates_blk[kSGm], gm);
   }
 }
 
@@ -108,7 +108,7 @@ FwdArgs<G, S, I> make_fwd_args(const STLSTMMemoryForward& p) {
   a.mem = static_cast<S*>(p.mem.ptr);
   a.dc = static_cast<G*>(p.delta_c.ptr);
   a.dm = static_cast<G*>(p.delta_m.ptr);
-  a.pre = static_cast<OpMath<G>*>(p.pre_act.ptr);
+  a.gates = static_cast<OpMath<G>*>(p.gates.ptr);
   a.x_s = make_str<I>(p.x_cat);
   a.h_s = make_str<I>(p.h_cat);
   a.mc_s = make_str<I>(p.m_cat);
@@ -117,10 +117,10 @@ FwdArgs<G, S, I> make_fwd_args(const STLSTMMemoryForward& p) {
   a.mem_s = make_str<I>(p.mem);
   a.dc_s = make_str<I>(p.delta_c);
   a.dm_s = make_str<I>(p.delta_m);
-  a.pre_s = make_str<I>(p.pre_act);
+  a.gates_s = make_str<I>(p.gates);
   for (int k = 0; k < 6; ++k) {
     a.x_blk[k] = block_offset<I>(p.x_cat, k, C);
-    a.pre_blk[k] = block_offset<I>(p.pre_act, k, C);
+    a.gates_blk[k] = block_offset<I>(p.gates, k, C);
   }
   for (int k = 0; k < 3; ++k) {
     a.h_blk[k] = block_offset<I>(p.h_cat, k, C);
@@ -144,7 +144,7 @@ inline bool fwd_fits_i32(const STLSTMMemoryForward& p) {
                   {reach(p.x_cat, B, 7 * C, S), reach(p.h_cat, B, 4 * C, S),
                    reach(p.m_cat, B, 3 * C, S), reach(p.c, B, C, S), reach(p.m, B, C, S),
                    reach(p.mem, B, 2 * C, S), reach(p.delta_c, B, C, S),
-                   reach(p.delta_m, B, C, S), reach(p.pre_act, B, 6 * C, S)});
+                   reach(p.delta_m, B, C, S), reach(p.gates, B, 6 * C, S)});
 }
 
 template <typename G, typename S>
@@ -165,7 +165,7 @@ struct BwdArgs {
   const S* gmem = nullptr;  // optional grad_mem (B, 2C, S)
   const G* gdc = nullptr;   // optional grad_delta_c
   const G* gdm = nullptr;   // optional grad_delta_m
-  const OpMath<G>* pre = nullptr;
+  const OpMath<G>* gates = nullptr;  // (B, 6C, S): i, f, g, i', f', g'
   const S* c = nullptr;
   const S* m = nullptr;
   G* gx = nullptr;   // grad_x_cat (B, 7C, S)
@@ -173,9 +173,9 @@ struct BwdArgs {
   G* gmc = nullptr;  // grad_m_cat (B, 3C, S)
   S* gc = nullptr;
   S* gm = nullptr;
-  Str<I> gmem_s, gdc_s, gdm_s, pre_s, c_s, m_s, gx_s, gh_s, gmc_s, gc_s, gm_s;
+  Str<I> gmem_s, gdc_s, gdm_s, gates_s, c_s, m_s, gx_s, gh_s, gmc_s, gc_s, gm_s;
   I gmem_blk1 = 0;
-  I pre_blk[6] = {0, 0, 0, 0, 0, 0};
+  I gates_blk[6] = {0, 0, 0, 0, 0, 0};
   I gx_blk[7] = {0, 0, 0, 0, 0, 0, 0};
   I gh_blk[4] = {0, 0, 0, 0};
   I gmc_blk[3] = {0, 0, 0};
@@ -187,15 +187,13 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   I b, ch, s;
   a.lay.decompose(idx, b, ch, s);
 
-  const I pro = a.pre_s.at(b, ch, s);
-  const T zi = load<T>(a.pre + pro + a.pre_blk[kSI]);
-  const T zf = load<T>(a.pre + pro + a.pre_blk[kSF]);
-  const T zg = load<T>(a.pre + pro + a.pre_blk[kSG]);
-  const T zim = load<T>(a.pre + pro + a.pre_blk[kSIm]);
-  const T zfm = load<T>(a.pre + pro + a.pre_blk[kSFm]);
-  const T zgm = load<T>(a.pre + pro + a.pre_blk[kSGm]);
-  const T i = sigmoid(zi), f = sigmoid(zf), g = op_tanh(zg);
-  const T im = sigmoid(zim), fm = sigmoid(zfm), gm = op_tanh(zgm);
+  const I go = a.gates_s.at(b, ch, s);
+  const T i = load<T>(a.gates + go + a.gates_blk[kSI]);
+  const T f = load<T>(a.gates + go + a.gates_blk[kSF]);
+  const T g = load<T>(a.gates + go + a.gates_blk[kSG]);
+  const T im = load<T>(a.gates + go + a.gates_blk[kSIm]);
+  const T fm = load<T>(a.gates + go + a.gates_blk[kSFm]);
+  const T gm = load<T>(a.gates + go + a.gates_blk[kSGm]);
 
   // An absent gradient contributes nothing: its terms are skipped, not multiplied by zero, so a
   // non-finite value on a path that received no gradient does not leak NaN (as eager autograd,
@@ -277,7 +275,7 @@ BwdArgs<G, S, I> make_bwd_args(const STLSTMMemoryBackward& p) {
   a.gmem = static_cast<const S*>(p.grad_mem.ptr);
   a.gdc = static_cast<const G*>(p.grad_delta_c.ptr);
   a.gdm = static_cast<const G*>(p.grad_delta_m.ptr);
-  a.pre = static_cast<const OpMath<G>*>(p.pre_act.ptr);
+  a.gates = static_cast<const OpMath<G>*>(p.gates.ptr);
   a.c = static_cast<const S*>(p.c.ptr);
   a.m = static_cast<const S*>(p.m.ptr);
   a.gx = static_cast<G*>(p.grad_x_cat.ptr);
@@ -288,7 +286,7 @@ BwdArgs<G, S, I> make_bwd_args(const STLSTMMemoryBackward& p) {
   a.gmem_s = make_str<I>(p.grad_mem);
   a.gdc_s = make_str<I>(p.grad_delta_c);
   a.gdm_s = make_str<I>(p.grad_delta_m);
-  a.pre_s = make_str<I>(p.pre_act);
+  a.gates_s = make_str<I>(p.gates);
   a.c_s = make_str<I>(p.c);
   a.m_s = make_str<I>(p.m);
   a.gx_s = make_str<I>(p.grad_x_cat);
@@ -297,7 +295,7 @@ BwdArgs<G, S, I> make_bwd_args(const STLSTMMemoryBackward& p) {
   a.gc_s = make_str<I>(p.grad_c);
   a.gm_s = make_str<I>(p.grad_m);
   a.gmem_blk1 = block_offset<I>(p.grad_mem, 1, C);
-  for (int k = 0; k < 6; ++k) a.pre_blk[k] = block_offset<I>(p.pre_act, k, C);
+  for (int k = 0; k < 6; ++k) a.gates_blk[k] = block_offset<I>(p.gates, k, C);
   for (int k = 0; k < 7; ++k) a.gx_blk[k] = block_offset<I>(p.grad_x_cat, k, C);
   for (int k = 0; k < 4; ++k) a.gh_blk[k] = block_offset<I>(p.grad_h_cat, k, C);
   for (int k = 0; k < 3; ++k) a.gmc_blk[k] = block_offset<I>(p.grad_m_cat, k, C);
@@ -315,7 +313,7 @@ inline bool bwd_fits_i32(const STLSTMMemoryBackward& p) {
   const int64_t B = p.B, C = p.C, S = p.S;
   return fits_i32(stacked_numel(B, 7, C, S),
                   {reach(p.grad_mem, B, 2 * C, S), reach(p.grad_delta_c, B, C, S),
-                   reach(p.grad_delta_m, B, C, S), reach(p.pre_act, B, 6 * C, S),
+                   reach(p.grad_delta_m, B, C, S), reach(p.gates, B, 6 * C, S),
                    reach(p.c, B, C, S), reach(p.m, B, C, S), reach(p.grad_x_cat, B, 7 * C, S),
                    reach(p.grad_h_cat, B, 4 * C, S), reach(p.grad_m_cat, B, 3 * C, S),
                    reach(p.grad_c, B, C, S), reach(p.grad_m, B, C, S)});
@@ -348,10 +346,10 @@ void stlstm_memory_backward_cuda(const STLSTMMemoryBackward& p, void* stream) {
   using namespace stlstm_memory_cuda;
   const char* who = "stlstm_memory_backward_cuda";
   if (empty_or_bad(p.B, p.C, p.S, who)) return;
-  require(p.pre_act.ptr != nullptr && p.c.ptr != nullptr && p.m.ptr != nullptr &&
+  require(p.gates.ptr != nullptr && p.c.ptr != nullptr && p.m.ptr != nullptr &&
               p.grad_x_cat.ptr != nullptr && p.grad_h_cat.ptr != nullptr &&
               p.grad_m_cat.ptr != nullptr && p.grad_c.ptr != nullptr && p.grad_m.ptr != nullptr,
-          who, "pre_act, c, m, grad_x_cat, grad_h_cat, grad_m_cat, grad_c and grad_m are required");
+          who, "gates, c, m, grad_x_cat, grad_h_cat, grad_m_cat, grad_c and grad_m are required");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   dispatch_dtype_pair(p.gate_dtype, p.state_dtype, who, [&](auto g, auto s) {
     launch_bwd<decltype(g), decltype(s)>(p, st);

@@ -36,9 +36,9 @@ struct FwdArgs {
   const X* oc = nullptr;  // o_conv
   const X* lc = nullptr;  // last_conv
   X* hn = nullptr;        // h_new
-  X* pre = nullptr;       // optional pre_o
-  X* tl = nullptr;        // optional tanh(last_conv), saved with pre_o
-  Str<I> x_s, h_s, oc_s, lc_s, hn_s, pre_s, tl_s;
+  X* og = nullptr;        // optional o_gate = sig(x_o + h_o + o_conv)
+  X* tl = nullptr;        // optional tanh(last_conv), saved with o_gate
+  Str<I> x_s, h_s, oc_s, lc_s, hn_s, og_s, tl_s;
   I x_blk = 0;  // offset of x_cat's o block
   I h_blk = 0;  // offset of h_cat's o block
 };
@@ -54,8 +54,8 @@ PK_HD void fwd_element(const FwdArgs<X, I>& a, I idx) {
   const T o = sigmoid(zo);
   const T t = op_tanh(load<T>(a.lc + a.lc_s.at(b, ch, s)));
   store(a.hn + a.hn_s.at(b, ch, s), o * t);
-  if (a.pre != nullptr) {
-    store(a.pre + a.pre_s.at(b, ch, s), zo);
+  if (a.og != nullptr) {
+    store(a.og + a.og_s.at(b, ch, s), o);
     store(a.tl + a.tl_s.at(b, ch, s), t);
   }
 }
@@ -77,14 +77,14 @@ FwdArgs<X, I> make_fwd_args(const STLSTMOutputForward& p) {
   a.oc = static_cast<const X*>(p.o_conv.ptr);
   a.lc = static_cast<const X*>(p.last_conv.ptr);
   a.hn = static_cast<X*>(p.h_new.ptr);
-  a.pre = static_cast<X*>(p.pre_o.ptr);
+  a.og = static_cast<X*>(p.o_gate.ptr);
   a.tl = static_cast<X*>(p.tanh_last.ptr);
   a.x_s = make_str<I>(p.x_cat);
   a.h_s = make_str<I>(p.h_cat);
   a.oc_s = make_str<I>(p.o_conv);
   a.lc_s = make_str<I>(p.last_conv);
   a.hn_s = make_str<I>(p.h_new);
-  a.pre_s = make_str<I>(p.pre_o);
+  a.og_s = make_str<I>(p.o_gate);
   a.tl_s = make_str<I>(p.tanh_last);
   a.x_blk = block_offset<I>(p.x_cat, kXO, p.C);
   a.h_blk = block_offset<I>(p.h_cat, kHO, p.C);
@@ -103,7 +103,7 @@ inline bool fwd_fits_i32(const STLSTMOutputForward& p) {
   return fits_i32(stacked_numel(B, 7, C, S),
                   {reach(p.x_cat, B, 7 * C, S), reach(p.h_cat, B, 4 * C, S),
                    reach(p.o_conv, B, C, S), reach(p.last_conv, B, C, S), reach(p.h_new, B, C, S),
-                   reach(p.pre_o, B, C, S), reach(p.tanh_last, B, C, S)});
+                   reach(p.o_gate, B, C, S), reach(p.tanh_last, B, C, S)});
 }
 
 template <typename X>
@@ -122,13 +122,13 @@ struct BwdArgs {
   int64_t n = 0;
   Layout<I> lay;
   const X* gh = nullptr;   // grad_h
-  const X* pre = nullptr;  // pre_o
+  const X* og = nullptr;   // o_gate
   const X* tl = nullptr;   // tanh(last_conv), saved by the forward
   X* gx = nullptr;         // grad_x_cat (B, 7C, S)
   X* ghc = nullptr;        // grad_h_cat (B, 4C, S)
   X* goc = nullptr;        // grad_o_conv
   X* glc = nullptr;        // grad_last_conv
-  Str<I> gh_s, pre_s, tl_s, gx_s, ghc_s, goc_s, glc_s;
+  Str<I> gh_s, og_s, tl_s, gx_s, ghc_s, goc_s, glc_s;
   I gx_blk[7] = {0, 0, 0, 0, 0, 0, 0};
   I ghc_blk[4] = {0, 0, 0, 0};
 };
@@ -140,7 +140,7 @@ PK_HD void bwd_element(const BwdArgs<X, I>& a, I idx) {
   a.lay.decompose(idx, b, ch, s);
 
   const T dh = load<T>(a.gh + a.gh_s.at(b, ch, s));
-  const T o = sigmoid(load<T>(a.pre + a.pre_s.at(b, ch, s)));
+  const T o = load<T>(a.og + a.og_s.at(b, ch, s));
   const T t = load<T>(a.tl + a.tl_s.at(b, ch, s));
   const T dzo = dh * t * o * (T(1) - o);
   const T dlc = dh * o * (T(1) - t * t);
@@ -166,14 +166,14 @@ BwdArgs<X, I> make_bwd_args(const STLSTMOutputBackward& p) {
   a.n = p.B * p.C * p.S;
   a.lay = make_layout<I>(p.C, p.S, p.grad_x_cat);
   a.gh = static_cast<const X*>(p.grad_h.ptr);
-  a.pre = static_cast<const X*>(p.pre_o.ptr);
+  a.og = static_cast<const X*>(p.o_gate.ptr);
   a.tl = static_cast<const X*>(p.tanh_last.ptr);
   a.gx = static_cast<X*>(p.grad_x_cat.ptr);
   a.ghc = static_cast<X*>(p.grad_h_cat.ptr);
   a.goc = static_cast<X*>(p.grad_o_conv.ptr);
   a.glc = static_cast<X*>(p.grad_last_conv.ptr);
   a.gh_s = make_str<I>(p.grad_h);
-  a.pre_s = make_str<I>(p.pre_o);
+  a.og_s = make_str<I>(p.o_gate);
   a.tl_s = make_str<I>(p.tanh_last);
   a.gx_s = make_str<I>(p.grad_x_cat);
   a.ghc_s = make_str<I>(p.grad_h_cat);
@@ -194,7 +194,7 @@ void launch_bwd_i(const STLSTMOutputBackward& p, cudaStream_t stream) {
 inline bool bwd_fits_i32(const STLSTMOutputBackward& p) {
   const int64_t B = p.B, C = p.C, S = p.S;
   return fits_i32(stacked_numel(B, 7, C, S),
-                  {reach(p.grad_h, B, C, S), reach(p.pre_o, B, C, S), reach(p.tanh_last, B, C, S),
+                  {reach(p.grad_h, B, C, S), reach(p.o_gate, B, C, S), reach(p.tanh_last, B, C, S),
                    reach(p.grad_x_cat, B, 7 * C, S), reach(p.grad_h_cat, B, 4 * C, S),
                    reach(p.grad_o_conv, B, C, S), reach(p.grad_last_conv, B, C, S)});
 }
@@ -224,11 +224,11 @@ void stlstm_output_backward_cuda(const STLSTMOutputBackward& p, void* stream) {
   using namespace stlstm_output_cuda;
   const char* who = "stlstm_output_backward_cuda";
   if (empty_or_bad(p.B, p.C, p.S, who)) return;
-  require(p.grad_h.ptr != nullptr && p.pre_o.ptr != nullptr && p.tanh_last.ptr != nullptr &&
+  require(p.grad_h.ptr != nullptr && p.o_gate.ptr != nullptr && p.tanh_last.ptr != nullptr &&
               p.grad_x_cat.ptr != nullptr && p.grad_h_cat.ptr != nullptr &&
               p.grad_o_conv.ptr != nullptr && p.grad_last_conv.ptr != nullptr,
           who,
-          "grad_h, pre_o, tanh_last, grad_x_cat, grad_h_cat, grad_o_conv and grad_last_conv are "
+          "grad_h, o_gate, tanh_last, grad_x_cat, grad_h_cat, grad_o_conv and grad_last_conv are "
           "required");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   dispatch_dtype(p.dtype, who, [&](auto x) { launch_bwd<decltype(x)>(p, st); });

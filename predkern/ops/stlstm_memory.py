@@ -78,18 +78,18 @@ def _outputs(x_cat, c, return_deltas, save):
             return empty(with_channels(x_cat, C), x_cat, x_cat.dtype)
         return torch.empty((0,), dtype=x_cat.dtype, device=x_cat.device)
 
-    # pre_act in the compute dtype: the activations' arguments are never rounded
-    pre_act = (empty(with_channels(x_cat, 6 * C), x_cat, compute_dtype(c.dtype)) if save
+    # the gates saved for backward, in the compute dtype: never rounded to a half
+    gates = (empty(with_channels(x_cat, 6 * C), x_cat, compute_dtype(c.dtype)) if save
                else torch.empty((0,), dtype=compute_dtype(c.dtype), device=c.device))
-    return empty(with_channels(x_cat, 2 * C), x_cat, c.dtype), delta(), delta(), pre_act
+    return empty(with_channels(x_cat, 2 * C), x_cat, c.dtype), delta(), delta(), gates
 
 
-def _grads(pre_act, c, gate_dtype):
-    C = pre_act.shape[1] // 6
-    return (empty(with_channels(pre_act, 7 * C), pre_act, gate_dtype),
-            empty(with_channels(pre_act, 4 * C), pre_act, gate_dtype),
-            empty(with_channels(pre_act, 3 * C), pre_act, gate_dtype),
-            empty(c.shape, pre_act, c.dtype), empty(c.shape, pre_act, c.dtype))
+def _grads(gates, c, gate_dtype):
+    C = gates.shape[1] // 6
+    return (empty(with_channels(gates, 7 * C), gates, gate_dtype),
+            empty(with_channels(gates, 4 * C), gates, gate_dtype),
+            empty(with_channels(gates, 3 * C), gates, gate_dtype),
+            empty(c.shape, gates, c.dtype), empty(c.shape, gates, c.dtype))
 
 
 # Output shapes and layouts of the C++ ops, for torch.compile and opcheck. The fakes also run
@@ -108,67 +108,67 @@ if backends._extension_error() is None:
         return _outputs(x_cat, c, return_deltas, save=True)
 
     @torch.library.register_fake("predkern::stlstm_memory_backward")
-    def _(grad_mem, grad_delta_c, grad_delta_m, pre_act, c, m, gate_dtype):
-        return _grads(pre_act, c, gate_dtype)
+    def _(grad_mem, grad_delta_c, grad_delta_m, gates, c, m, gate_dtype):
+        return _grads(gates, c, gate_dtype)
 
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/stlstm_memory.py ----
 
 @torch.library.custom_op("predkern::stlstm_memory_triton", mutates_args=())
 def _triton_forward(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Tensor,
-                    forget_bias: float, return_deltas: bool, save_pre_act: bool
+                    forget_bias: float, return_deltas: bool, save_gates: bool
                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_memory as kernels
 
-    mem, delta_c, delta_m, pre_act = _outputs(x_cat, c, return_deltas, save_pre_act)
+    mem, delta_c, delta_m, gates = _outputs(x_cat, c, return_deltas, save_gates)
     if mem.numel():
         kernels.forward(as3(x_cat), as3(h_cat), as3(m_cat), as3(c), as3(m), as3(mem),
                         as3(delta_c) if return_deltas else None, as3(delta_m) if return_deltas else None,
-                        as3(pre_act) if save_pre_act else None, forget_bias=forget_bias)
-    return mem, delta_c, delta_m, pre_act
+                        as3(gates) if save_gates else None, forget_bias=forget_bias)
+    return mem, delta_c, delta_m, gates
 
 
 @_triton_forward.register_fake
-def _(x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_pre_act):
-    return _outputs(x_cat, c, return_deltas, save_pre_act)
+def _(x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_gates):
+    return _outputs(x_cat, c, return_deltas, save_gates)
 
 
 @torch.library.custom_op("predkern::stlstm_memory_triton_backward", mutates_args=())
 def _triton_backward(grad_mem: Optional[Tensor], grad_delta_c: Optional[Tensor],
-                     grad_delta_m: Optional[Tensor], pre_act: Tensor, c: Tensor, m: Tensor,
+                     grad_delta_m: Optional[Tensor], gates: Tensor, c: Tensor, m: Tensor,
                      gate_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_memory as kernels
 
-    grads = _grads(pre_act, c, gate_dtype)
+    grads = _grads(gates, c, gate_dtype)
     if c.numel():
-        kernels.backward(as3(grad_mem), as3(grad_delta_c), as3(grad_delta_m), as3(pre_act), as3(c), as3(m),
+        kernels.backward(as3(grad_mem), as3(grad_delta_c), as3(grad_delta_m), as3(gates), as3(c), as3(m),
                          *(as3(g) for g in grads))
     return grads
 
 
 @_triton_backward.register_fake
-def _(grad_mem, grad_delta_c, grad_delta_m, pre_act, c, m, gate_dtype):
-    return _grads(pre_act, c, gate_dtype)
+def _(grad_mem, grad_delta_c, grad_delta_m, gates, c, m, gate_dtype):
+    return _grads(gates, c, gate_dtype)
 
 
 def _triton_setup_context(ctx, inputs, output):
     # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
     ctx.set_materialize_grads(False)
-    x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_pre_act = inputs
-    if not save_pre_act:
+    x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_gates = inputs
+    if not save_gates:
         raise RuntimeError(f"{OP}: the triton forward ran without saving for backward; "
                            "call predkern.ops.stlstm_memory, which decides this")
     ctx.save_for_backward(output[3], c, m)
     ctx.gate_dtype, ctx.return_deltas = x_cat.dtype, return_deltas
 
 
-def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_pre_act):
-    pre_act, c, m = ctx.saved_tensors
+def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates):
+    gates, c, m = ctx.saved_tensors
     if not ctx.return_deltas:
         grad_delta_c = grad_delta_m = None
     if grad_mem is None and grad_delta_c is None and grad_delta_m is None:
         return (None,) * 8
-    grads = _triton_backward(grad_mem, grad_delta_c, grad_delta_m, pre_act, c, m, ctx.gate_dtype)
+    grads = _triton_backward(grad_mem, grad_delta_c, grad_delta_m, gates, c, m, ctx.gate_dtype)
     return (*grads, None, None, None)
 
 

@@ -50,11 +50,11 @@ def _check(x_cat, h_cat, o_conv, last_conv) -> None:
         _checks.dtype(OP, name, t, x_cat.dtype, "x_cat")
 
 
-def _grads(pre_o):
-    C = pre_o.shape[1]
-    return (empty(with_channels(pre_o, 7 * C), pre_o, pre_o.dtype),
-            empty(with_channels(pre_o, 4 * C), pre_o, pre_o.dtype),
-            empty(pre_o.shape, pre_o, pre_o.dtype), empty(pre_o.shape, pre_o, pre_o.dtype))
+def _grads(o_gate):
+    C = o_gate.shape[1]
+    return (empty(with_channels(o_gate, 7 * C), o_gate, o_gate.dtype),
+            empty(with_channels(o_gate, 4 * C), o_gate, o_gate.dtype),
+            empty(o_gate.shape, o_gate, o_gate.dtype), empty(o_gate.shape, o_gate, o_gate.dtype))
 
 
 # Output shapes and layouts of the C++ ops, for torch.compile and opcheck. The fakes also run
@@ -73,8 +73,8 @@ if backends._extension_error() is None:
         return tuple(empty(o_conv.shape, x_cat, x_cat.dtype) for _ in range(3))
 
     @torch.library.register_fake("predkern::stlstm_output_backward")
-    def _(grad_h, pre_o, tanh_last):
-        return _grads(pre_o)
+    def _(grad_h, o_gate, tanh_last):
+        return _grads(o_gate)
 
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/stlstm_output.py ----
@@ -84,15 +84,15 @@ def _triton_forward(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Ten
                     save: bool) -> tuple[Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_output as kernels
 
-    h_new, pre_o, tanh_last = _forward_outputs(x_cat, o_conv, save)
+    h_new, o_gate, tanh_last = _forward_outputs(x_cat, o_conv, save)
     if h_new.numel():
         kernels.forward(as3(x_cat), as3(h_cat), as3(o_conv), as3(last_conv), as3(h_new),
-                        as3(pre_o) if save else None, as3(tanh_last) if save else None)
-    return h_new, pre_o, tanh_last
+                        as3(o_gate) if save else None, as3(tanh_last) if save else None)
+    return h_new, o_gate, tanh_last
 
 
 def _forward_outputs(x_cat, o_conv, save):
-    """h_new, and what backward needs (empty unless `save`): pre_o and tanh(last_conv)."""
+    """h_new, and what backward needs (empty unless `save`): o_gate and tanh(last_conv)."""
     saved_shape = o_conv.shape if save else (0,) * o_conv.dim()
     return (empty(o_conv.shape, x_cat, x_cat.dtype), empty(saved_shape, x_cat, x_cat.dtype),
             empty(saved_shape, x_cat, x_cat.dtype))
@@ -104,19 +104,19 @@ def _(x_cat, h_cat, o_conv, last_conv, save):
 
 
 @torch.library.custom_op("predkern::stlstm_output_triton_backward", mutates_args=())
-def _triton_backward(grad_h: Tensor, pre_o: Tensor, tanh_last: Tensor
+def _triton_backward(grad_h: Tensor, o_gate: Tensor, tanh_last: Tensor
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_output as kernels
 
-    grads = _grads(pre_o)
-    if pre_o.numel():
-        kernels.backward(as3(grad_h), as3(pre_o), as3(tanh_last), *(as3(g) for g in grads))
+    grads = _grads(o_gate)
+    if o_gate.numel():
+        kernels.backward(as3(grad_h), as3(o_gate), as3(tanh_last), *(as3(g) for g in grads))
     return grads
 
 
 @_triton_backward.register_fake
-def _(grad_h, pre_o, tanh_last):
-    return _grads(pre_o)
+def _(grad_h, o_gate, tanh_last):
+    return _grads(o_gate)
 
 
 def _triton_setup_context(ctx, inputs, output):
@@ -128,11 +128,11 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1], output[2])
 
 
-def _triton_grad(ctx, grad_h, _grad_pre_o, _grad_tanh_last):
-    pre_o, tanh_last = ctx.saved_tensors
+def _triton_grad(ctx, grad_h, _grad_o_gate, _grad_tanh_last):
+    o_gate, tanh_last = ctx.saved_tensors
     if grad_h is None:
         return (None,) * 5
-    return (*_triton_backward(grad_h, pre_o, tanh_last), None)
+    return (*_triton_backward(grad_h, o_gate, tanh_last), None)
 
 
 _triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)

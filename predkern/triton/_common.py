@@ -75,8 +75,14 @@ def _act_bwd(grad, z, a, HARD: tl.constexpr):
             hi = 2.5
         d = tl.where((z >= -2.5) & (z <= hi), grad * 0.2, 0.0)
     else:
-        d = grad * (1.0 - a) * a
+        d = _sigmoid_bwd(grad, a)
     return d
+
+
+@triton.jit
+def _sigmoid_bwd(grad, a):
+    # grad * d sigmoid(z)/dz given a = sigmoid(z), associated as torch's sigmoid_backward.
+    return grad * (1.0 - a) * a
 
 
 @triton.jit
