@@ -41,7 +41,7 @@ GateAct gate_act_of(const std::string& act) {
 }
 
 // SPEC.md section 5: bad input raises before any kernel runs, naming the argument.
-// gate_dtype: the gates' dtype where gx is not the gates (the backward passes pre_act).
+// gate_dtype: the gates' dtype where gx is not the gates (the backward passes saved_gates).
 void check_inputs(const Tensor& gx, const Tensor& c, const OptTensor& gh, const OptTensor& bias,
                   const OptTensor& peep, std::optional<at::ScalarType> gate_dtype = std::nullopt) {
   check_tensor(kOp, gx, "gates_x", gx);
@@ -88,10 +88,10 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& 
   // Outputs follow gates_x's memory format (SPEC.md section 5).
   const auto h_new = empty_like_format(c.sizes(), gx, gx.scalar_type());
   const auto c_new = empty_like_format(c.sizes(), gx, c.scalar_type());
-  // pre_act in the compute dtype: a half pre-activation rounded onto a hard_sigmoid kink would
-  // give the backward an O(1) wrong gradient.
-  const auto pre_act = save ? empty_like_format(gx.sizes(), gx, at::toOpMathType(c.scalar_type())) : Tensor();
-  if (h_new.numel() == 0) return {h_new, c_new, pre_act};
+  // saved_gates in the compute dtype: a half hard_sigmoid argument rounded onto a kink would give
+  // the backward an O(1) wrong gradient.
+  const auto saved_gates = save ? empty_like_format(gx.sizes(), gx, at::toOpMathType(c.scalar_type())) : Tensor();
+  if (h_new.numel() == 0) return {h_new, c_new, saved_gates};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
   p.gates_x = view3(gx, p.S, k[0]);
@@ -101,7 +101,7 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& 
   if (bias) p.bias = {bias->data_ptr(), 0, bias->stride(0), 0};
   p.h_new = view3(h_new, p.S, k[4]);
   p.c_new = view3(c_new, p.S, k[5]);
-  if (save) p.pre_act = view3(pre_act, p.S, k[6]);
+  if (save) p.saved_gates = view3(saved_gates, p.S, k[6]);
 
   if (gx.is_cuda()) {
 #ifdef PREDKERN_WITH_CUDA
@@ -111,24 +111,24 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& 
   } else {
     convlstm_gates_forward_cpu(p);
   }
-  return {h_new, c_new, pre_act};
+  return {h_new, c_new, saved_gates};
 }
 
 std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTensor& grad_c_new,
-                                         const Tensor& pre_act, const Tensor& c,
+                                         const Tensor& saved_gates, const Tensor& c,
                                          const OptTensor& peep, at::ScalarType gate_dtype,
                                          const std::string& gate_order,
                                          const std::string& gate_act) {
-  // pre_act (compute dtype), c and peephole come from the forward; the rest is checked against them.
-  check_inputs(pre_act, c, std::nullopt, std::nullopt, peep, gate_dtype);
-  check_dtype(kOp, pre_act, "pre_act", at::toOpMathType(c.scalar_type()), "c's compute type");
+  // saved_gates (compute dtype), c and peephole come from the forward; the rest is checked against them.
+  check_inputs(saved_gates, c, std::nullopt, std::nullopt, peep, gate_dtype);
+  check_dtype(kOp, saved_gates, "saved_gates", at::toOpMathType(c.scalar_type()), "c's compute type");
   if (grad_h) {
-    check_tensor(kOp, *grad_h, "grad_h", pre_act);
+    check_tensor(kOp, *grad_h, "grad_h", saved_gates);
     check_shape(kOp, *grad_h, "grad_h", c.sizes(), "c.shape");
     check_dtype(kOp, *grad_h, "grad_h", gate_dtype, "h_new");
   }
   if (grad_c_new) {
-    check_tensor(kOp, *grad_c_new, "grad_c_new", pre_act);
+    check_tensor(kOp, *grad_c_new, "grad_c_new", saved_gates);
     check_shape(kOp, *grad_c_new, "grad_c_new", c.sizes(), "c.shape");
     check_dtype(kOp, *grad_c_new, "grad_c_new", c.scalar_type(), "c_new");
   }
@@ -137,27 +137,27 @@ std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTenso
   p.act = gate_act_of(gate_act);
   p.gate_dtype = dtype_of(gate_dtype);
   p.state_dtype = dtype_of(c.scalar_type());
-  p.B = pre_act.size(0);
-  p.C = pre_act.size(1) / 4;
-  p.S = spatial_numel(pre_act);
+  p.B = saved_gates.size(0);
+  p.C = saved_gates.size(1) / 4;
+  p.S = spatial_numel(saved_gates);
 
-  const auto grad_gates = empty_like_format(pre_act.sizes(), pre_act, gate_dtype);
-  const auto grad_c = empty_like_format(c.sizes(), pre_act, c.scalar_type());
+  const auto grad_gates = empty_like_format(saved_gates.sizes(), saved_gates, gate_dtype);
+  const auto grad_c = empty_like_format(c.sizes(), saved_gates, c.scalar_type());
   if (grad_c.numel() == 0) return {grad_gates, grad_c};
 
   Tensor k[7];
   p.grad_h = view3(grad_h, p.S, k[0]);
   p.grad_c_new = view3(grad_c_new, p.S, k[1]);
-  p.pre_act = view3(pre_act, p.S, k[2]);
+  p.saved_gates = view3(saved_gates, p.S, k[2]);
   p.c = view3(c, p.S, k[3]);
   p.peephole = view3(peep, p.S, k[4]);
   p.grad_gates = view3(grad_gates, p.S, k[5]);
   p.grad_c = view3(grad_c, p.S, k[6]);
 
-  if (pre_act.is_cuda()) {
+  if (saved_gates.is_cuda()) {
 #ifdef PREDKERN_WITH_CUDA
-    const c10::cuda::CUDAGuard guard(pre_act.device());
-    convlstm_gates_backward_cuda(p, current_stream(pre_act));
+    const c10::cuda::CUDAGuard guard(saved_gates.device());
+    convlstm_gates_backward_cuda(p, current_stream(saved_gates));
 #endif
   } else {
     convlstm_gates_backward_cpu(p);
@@ -186,11 +186,11 @@ std::tuple<Tensor, Tensor> inference_kernel(const Tensor& gx, const Tensor& c, c
 }
 
 std::tuple<Tensor, Tensor> backward_kernel(const OptTensor& grad_h, const OptTensor& grad_c_new,
-                                           const Tensor& pre_act, const Tensor& c,
+                                           const Tensor& saved_gates, const Tensor& c,
                                            const OptTensor& peep, at::ScalarType gate_dtype,
                                            c10::string_view gate_order,
                                            c10::string_view gate_act) {
-  return backward_impl(grad_h, grad_c_new, pre_act, c, peep, gate_dtype, std::string(gate_order),
+  return backward_impl(grad_h, grad_c_new, saved_gates, c, peep, gate_dtype, std::string(gate_order),
                        std::string(gate_act));
 }
 
@@ -206,13 +206,13 @@ class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunc
                                .findSchemaOrThrow("predkern::convlstm_gates_forward", "")
                                .typed<decltype(forward_kernel)>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [h_new, c_new, pre_act] =
+    auto [h_new, c_new, saved_gates] =
         op.call(gx, c, gh, bias, peep, forget_bias, gate_order, gate_act);
     // Undefined incoming gradients stay undefined: the kernel treats them as zero, unread.
     ctx->set_materialize_grads(false);
-    // Saved: the activations' arguments and c (5C per element; eager saves ~6C), plus c_new
+    // Saved: the gates (see convlstm_gates.h) and c (5C per element; eager saves ~6C), plus c_new
     // when the peephole W_co needs it.
-    ctx->save_for_backward({pre_act, c, peep.value_or(Tensor()), peep ? c_new : Tensor()});
+    ctx->save_for_backward({saved_gates, c, peep.value_or(Tensor()), peep ? c_new : Tensor()});
     ctx->saved_data["gate_dtype"] = gx.scalar_type();
     ctx->saved_data["gate_order"] = gate_order;
     ctx->saved_data["gate_act"] = gate_act;
@@ -227,14 +227,14 @@ class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunc
                                .findSchemaOrThrow("predkern::convlstm_gates_backward", "")
                                .typed<decltype(backward_kernel)>();
     const auto saved = ctx->get_saved_variables();
-    const auto &pre_act = saved[0], &c = saved[1], &peep = saved[2], &c_new = saved[3];
+    const auto &saved_gates = saved[0], &c = saved[1], &peep = saved[2], &c_new = saved[3];
     const auto gate_order = ctx->saved_data["gate_order"].toStringRef();
     const auto gate_act = ctx->saved_data["gate_act"].toStringRef();
     torch::autograd::variable_list out(8);
     if (!grads[0].defined() && !grads[1].defined()) return out;
 
     auto [grad_gates, grad_c] = op.call(defined_or_null(grads[0]), defined_or_null(grads[1]),
-                                        pre_act, c, defined_or_null(peep),
+                                        saved_gates, c, defined_or_null(peep),
                                         ctx->saved_data["gate_dtype"].toScalarType(), gate_order,
                                         gate_act);
     // needs_input_grad counts only the tensors that were given.
@@ -252,7 +252,7 @@ class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunc
     if (peep.defined() && ctx->needs_input_grad(peephole_edge)) {
       // d/dW_c{i,f,o} = sum over batch of dz_{i,f,o} * (c, c, c_new). Without a gradient on h,
       // W_co's is zero: eager never runs o's path (0 * c_new would turn inf or NaN into NaN).
-      const auto C = pre_act.sym_size(1) / 4;
+      const auto C = saved_gates.sym_size(1) / 4;
       const auto slot = slot_blocks(gate_order);
       auto dz = [&](int k) { return grad_gates.narrow_symint(1, C * slot[k], C); };
       const auto d_co = grads[0].defined() ? (dz(kO) * c_new).sum(0) : at::zeros_like(peep.select(0, 2));

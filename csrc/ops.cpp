@@ -2,7 +2,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(predkern, m) {
-  // Public op: SPEC.md section 1. Its Autograd kernel saves the activations' arguments (pre_act).
+  // Public op: SPEC.md section 1. Its Autograd kernel saves the gates (saved_gates, convlstm_gates.h).
   m.def(
       "convlstm_gates(Tensor gates_x, Tensor c, Tensor? gates_h=None, Tensor? bias=None, "
       "Tensor? peephole=None, float forget_bias=0.0, str gate_order='ifgo', "
@@ -11,9 +11,9 @@ TORCH_LIBRARY(predkern, m) {
   m.def(
       "convlstm_gates_forward(Tensor gates_x, Tensor c, Tensor? gates_h, Tensor? bias, "
       "Tensor? peephole, float forget_bias, str gate_order, str gate_act) "
-      "-> (Tensor h_new, Tensor c_new, Tensor pre_act)");
+      "-> (Tensor h_new, Tensor c_new, Tensor saved_gates)");
   m.def(
-      "convlstm_gates_backward(Tensor? grad_h, Tensor? grad_c_new, Tensor pre_act, Tensor c, "
+      "convlstm_gates_backward(Tensor? grad_h, Tensor? grad_c_new, Tensor saved_gates, Tensor c, "
       "Tensor? peephole, ScalarType gate_dtype, str gate_order, str gate_act) "
       "-> (Tensor grad_gates, Tensor grad_c)");
 

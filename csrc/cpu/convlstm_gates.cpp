@@ -17,7 +17,7 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool hard = p.act == GateAct::HardSigmoid;
   const bool has_gh = p.gates_h.ptr, has_bias = p.bias.ptr, has_peep = p.peephole.ptr;
-  const bool save = p.pre_act.ptr;
+  const bool save = p.saved_gates.ptr;
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
@@ -37,9 +37,9 @@ void forward_typed(const ConvLSTMGatesForward& p) {
       const auto c = run_of<const S>(p.c, b, o, 0, si);
       const auto h_out = run_of<G>(p.h_new, b, o, 0, si);
       const auto c_out = run_of<S>(p.c_new, b, o, 0, si);
-      Run<T> pre[4];
+      Run<T> saved[4];
       if (save)
-        for (int k = 0; k < 4; ++k) pre[k] = run_of<T>(p.pre_act, b, o, k * C, si);
+        for (int k = 0; k < 4; ++k) saved[k] = run_of<T>(p.saved_gates, b, o, k * C, si);
 
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t n = std::min(V, rs.inner - j);
@@ -58,11 +58,15 @@ void forward_typed(const ConvLSTMGatesForward& p) {
         const auto i = act(z[kI], hard), f = act(z[kF], hard), g = tanh(z[kG]);
         const auto cn = f * cv + i * g;
         if (has_peep) z[kO] = z[kO] + load<T>(w[2], j, n) * cn;
-        const auto h = act(z[kO], hard) * tanh(cn);
-        store(h_out, j, n, h);
+        const auto o_ = act(z[kO], hard);
+        store(h_out, j, n, o_ * tanh(cn));
         store(c_out, j, n, cn);
-        if (save)
-          for (int k = 0; k < 4; ++k) store(pre[k], j, n, z[k]);
+        if (save) {  // see saved_gates in convlstm_gates.h
+          store(saved[kI], j, n, hard ? z[kI] : i);
+          store(saved[kF], j, n, hard ? z[kF] : f);
+          store(saved[kG], j, n, g);
+          store(saved[kO], j, n, hard ? z[kO] : o_);
+        }
       }
     }
   });
@@ -82,11 +86,11 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
-      Run<const T> pre[4];
+      Run<const T> saved[4];
       Run<G> dz_out[4];
       Run<const S> w[3];
       for (int k = 0; k < 4; ++k) {
-        pre[k] = run_of<const T>(p.pre_act, b, o, k * C, si);
+        saved[k] = run_of<const T>(p.saved_gates, b, o, k * C, si);
         dz_out[k] = run_of<G>(p.grad_gates, b, o, p.slot_block[k] * C, si);
       }
       if (has_peep)
@@ -98,10 +102,13 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
 
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t n = std::min(V, rs.inner - j);
-        const auto zi = load<T>(pre[kI], j, n), zf = load<T>(pre[kF], j, n);
-        const auto zg = load<T>(pre[kG], j, n), zo = load<T>(pre[kO], j, n);
+        // v: the saved value of a sigmoid gate, or the saved argument of a hard_sigmoid one
+        // (act_backward reads the argument only under hard_sigmoid, the value otherwise).
+        const auto vi = load<T>(saved[kI], j, n), vf = load<T>(saved[kF], j, n);
+        const auto g = load<T>(saved[kG], j, n), vo = load<T>(saved[kO], j, n);
         const auto cv = load<T>(c, j, n);
-        const auto i = act(zi, hard), f = act(zf, hard), g = tanh(zg), o_ = act(zo, hard);
+        const auto i = hard ? hard_sigmoid(vi) : vi, f = hard ? hard_sigmoid(vf) : vf;
+        const auto o_ = hard ? hard_sigmoid(vo) : vo;
         const auto cn = f * cv + i * g;
         const auto tc = tanh(cn);
         // An output without a gradient contributes no term (not a zero product, which would
@@ -110,12 +117,12 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
         auto dzo = zero;
         if (has_dh) {
           const auto dh = load<T>(dh_in, j, n);
-          dzo = act_backward(dh * tc, zo, o_, hard);
+          dzo = act_backward(dh * tc, vo, o_, hard);
           dcn = has_dcn ? dcn + dh * o_ * (one - tc * tc) : dh * o_ * (one - tc * tc);
         }
         if (has_peep && has_dh) dcn = dcn + dzo * load<T>(w[2], j, n);
-        const auto dzi = act_backward(dcn * g, zi, i, hard);
-        const auto dzf = act_backward(dcn * cv, zf, f, hard);
+        const auto dzi = act_backward(dcn * g, vi, i, hard);
+        const auto dzf = act_backward(dcn * cv, vf, f, hard);
         const auto dzg = dcn * i * (one - g * g);
         auto dc = dcn * f;
         if (has_peep) dc = dc + dzi * load<T>(w[0], j, n) + dzf * load<T>(w[1], j, n);

@@ -100,13 +100,13 @@ struct FwdArgs {
   const S* peep = nullptr;
   G* h = nullptr;
   S* cn = nullptr;
-  OpMath<G>* pre = nullptr;  // compute dtype
-  Str<I> gx_s, gh_s, c_s, peep_s, h_s, cn_s, pre_s;
+  OpMath<G>* sg = nullptr;  // optional saved_gates (compute dtype)
+  Str<I> gx_s, gh_s, c_s, peep_s, h_s, cn_s, sg_s;
   I bias_sc = 0;
   I gx_blk[4] = {0, 0, 0, 0};    // offset of the block holding slot k
   I gh_blk[4] = {0, 0, 0, 0};
   I bias_blk[4] = {0, 0, 0, 0};
-  I pre_blk[4] = {0, 0, 0, 0};   // pre_act is in slot order: block k
+  I sg_blk[4] = {0, 0, 0, 0};    // saved_gates is in slot order: block k
   T forget_bias = T(0);
 };
 
@@ -150,12 +150,13 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
 
   store(a.h + a.h_s.at(b, ch, s), h);
   store(a.cn + a.cn_s.at(b, ch, s), cn);
-  if (a.pre != nullptr) {
-    const I pro = a.pre_s.at(b, ch, s);
-    store(a.pre + pro + a.pre_blk[kI], zi);
-    store(a.pre + pro + a.pre_blk[kF], zf);
-    store(a.pre + pro + a.pre_blk[kG], zg);
-    store(a.pre + pro + a.pre_blk[kO], zo);
+  if (a.sg != nullptr) {  // see saved_gates in convlstm_gates.h
+    constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
+    const I so = a.sg_s.at(b, ch, s);
+    store(a.sg + so + a.sg_blk[kI], hard ? zi : i);
+    store(a.sg + so + a.sg_blk[kF], hard ? zf : f);
+    store(a.sg + so + a.sg_blk[kG], g);
+    store(a.sg + so + a.sg_blk[kO], hard ? zo : o);
   }
 }
 
@@ -178,20 +179,20 @@ FwdArgs<G, S, I> make_fwd_args(const ConvLSTMGatesForward& p) {
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.h = static_cast<G*>(p.h_new.ptr);
   a.cn = static_cast<S*>(p.c_new.ptr);
-  a.pre = static_cast<OpMath<G>*>(p.pre_act.ptr);
+  a.sg = static_cast<OpMath<G>*>(p.saved_gates.ptr);
   a.gx_s = make_str<I>(p.gates_x);
   a.gh_s = make_str<I>(p.gates_h);
   a.c_s = make_str<I>(p.c);
   a.peep_s = make_str<I>(p.peephole);
   a.h_s = make_str<I>(p.h_new);
   a.cn_s = make_str<I>(p.c_new);
-  a.pre_s = make_str<I>(p.pre_act);
+  a.sg_s = make_str<I>(p.saved_gates);
   a.bias_sc = static_cast<I>(p.bias.sc);
   for (int k = 0; k < 4; ++k) {
     a.gx_blk[k] = block_offset<I>(p.gates_x, p.slot_block[k], p.C);
     a.gh_blk[k] = block_offset<I>(p.gates_h, p.slot_block[k], p.C);
     a.bias_blk[k] = block_offset<I>(p.bias, p.slot_block[k], p.C);
-    a.pre_blk[k] = block_offset<I>(p.pre_act, k, p.C);
+    a.sg_blk[k] = block_offset<I>(p.saved_gates, k, p.C);
   }
   a.forget_bias = static_cast<typename FwdArgs<G, S, I>::T>(p.forget_bias);
   return a;
@@ -215,7 +216,7 @@ inline bool fwd_fits_i32(const ConvLSTMGatesForward& p) {
   return fits_i32(stacked_numel(B, 4, C, S),
                   {reach(p.gates_x, B, 4 * C, S), reach(p.gates_h, B, 4 * C, S), reach(p.c, B, C, S),
                    reach(p.bias, 1, 4 * C, 1), reach(p.peephole, 3, C, S), reach(p.h_new, B, C, S),
-                   reach(p.c_new, B, C, S), reach(p.pre_act, B, 4 * C, S)});
+                   reach(p.c_new, B, C, S), reach(p.saved_gates, B, 4 * C, S)});
 }
 
 template <typename G, typename S>
@@ -235,13 +236,13 @@ struct BwdArgs {
   Layout<I> lay;
   const G* gh = nullptr;   // grad_h (gate dtype, like h_new)
   const S* gcn = nullptr;  // grad_c_new
-  const OpMath<G>* pre = nullptr;
+  const OpMath<G>* sg = nullptr;  // saved_gates
   const S* c = nullptr;
   const S* peep = nullptr;
   G* gg = nullptr;  // grad_gates
   S* gc = nullptr;  // grad_c
-  Str<I> gh_s, gcn_s, pre_s, c_s, peep_s, gg_s, gc_s;
-  I pre_blk[4] = {0, 0, 0, 0};  // slot order
+  Str<I> gh_s, gcn_s, sg_s, c_s, peep_s, gg_s, gc_s;
+  I sg_blk[4] = {0, 0, 0, 0};   // slot order
   I gg_blk[4] = {0, 0, 0, 0};   // block holding slot k
 };
 
@@ -251,11 +252,14 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   I b, ch, s;
   a.lay.decompose(idx, b, ch, s);
 
-  const I pro = a.pre_s.at(b, ch, s);
-  const T zi = load<T>(a.pre + pro + a.pre_blk[kI]);
-  const T zf = load<T>(a.pre + pro + a.pre_blk[kF]);
-  const T zg = load<T>(a.pre + pro + a.pre_blk[kG]);
-  const T zo = load<T>(a.pre + pro + a.pre_blk[kO]);
+  // v: the saved value of a sigmoid gate, or the saved argument of a hard_sigmoid one
+  // (act_backward reads the argument only under hard_sigmoid, the value otherwise).
+  constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
+  const I so = a.sg_s.at(b, ch, s);
+  const T vi = load<T>(a.sg + so + a.sg_blk[kI]);
+  const T vf = load<T>(a.sg + so + a.sg_blk[kF]);
+  const T g = load<T>(a.sg + so + a.sg_blk[kG]);
+  const T vo = load<T>(a.sg + so + a.sg_blk[kO]);
   const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
   const bool peep = a.peep != nullptr;
   T wci = T(0), wcf = T(0), wco = T(0);
@@ -266,9 +270,8 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
     wco = load<T>(a.peep + po + 2 * a.peep_s.sb);
   }
 
-  const T i = act<T, ACT>(zi);
-  const T f = act<T, ACT>(zf);
-  const T g = op_tanh(zg);
+  const T i = hard ? act<T, ACT>(vi) : vi;
+  const T f = hard ? act<T, ACT>(vf) : vf;
 
   // An absent gradient contributes nothing: its terms are skipped, not multiplied by zero, so a
   // non-finite value on a path that received no gradient does not leak NaN (as eager autograd).
@@ -278,13 +281,13 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
     const T dh = load<T>(a.gh + a.gh_s.at(b, ch, s));
     const T cn = f * cv + i * g;
     const T tc = op_tanh(cn);
-    const T o = act<T, ACT>(zo);
-    dzo = act_backward<T, ACT>(dh * tc, zo, o);
+    const T o = hard ? act<T, ACT>(vo) : vo;
+    dzo = act_backward<T, ACT>(dh * tc, vo, o);
     dcn += dh * o * (T(1) - tc * tc);
     if (peep) dcn += dzo * wco;
   }
-  const T dzi = act_backward<T, ACT>(dcn * g, zi, i);
-  const T dzf = act_backward<T, ACT>(dcn * cv, zf, f);
+  const T dzi = act_backward<T, ACT>(dcn * g, vi, i);
+  const T dzf = act_backward<T, ACT>(dcn * cv, vf, f);
   const T dzg = dcn * i * (T(1) - g * g);
   T dc = dcn * f;
   if (peep) dc += dzi * wci + dzf * wcf;
@@ -311,20 +314,20 @@ BwdArgs<G, S, I> make_bwd_args(const ConvLSTMGatesBackward& p) {
   a.lay = make_layout<I>(p.C, p.S, p.grad_c);
   a.gh = static_cast<const G*>(p.grad_h.ptr);
   a.gcn = static_cast<const S*>(p.grad_c_new.ptr);
-  a.pre = static_cast<const OpMath<G>*>(p.pre_act.ptr);
+  a.sg = static_cast<const OpMath<G>*>(p.saved_gates.ptr);
   a.c = static_cast<const S*>(p.c.ptr);
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.gg = static_cast<G*>(p.grad_gates.ptr);
   a.gc = static_cast<S*>(p.grad_c.ptr);
   a.gh_s = make_str<I>(p.grad_h);
   a.gcn_s = make_str<I>(p.grad_c_new);
-  a.pre_s = make_str<I>(p.pre_act);
+  a.sg_s = make_str<I>(p.saved_gates);
   a.c_s = make_str<I>(p.c);
   a.peep_s = make_str<I>(p.peephole);
   a.gg_s = make_str<I>(p.grad_gates);
   a.gc_s = make_str<I>(p.grad_c);
   for (int k = 0; k < 4; ++k) {
-    a.pre_blk[k] = block_offset<I>(p.pre_act, k, p.C);
+    a.sg_blk[k] = block_offset<I>(p.saved_gates, k, p.C);
     a.gg_blk[k] = block_offset<I>(p.grad_gates, p.slot_block[k], p.C);
   }
   return a;
@@ -347,7 +350,7 @@ inline bool bwd_fits_i32(const ConvLSTMGatesBackward& p) {
   const int64_t B = p.B, C = p.C, S = p.S;
   return fits_i32(stacked_numel(B, 4, C, S),
                   {reach(p.grad_h, B, C, S), reach(p.grad_c_new, B, C, S),
-                   reach(p.pre_act, B, 4 * C, S), reach(p.c, B, C, S), reach(p.peephole, 3, C, S),
+                   reach(p.saved_gates, B, 4 * C, S), reach(p.c, B, C, S), reach(p.peephole, 3, C, S),
                    reach(p.grad_gates, B, 4 * C, S), reach(p.grad_c, B, C, S)});
 }
 
@@ -380,10 +383,10 @@ void convlstm_gates_backward_cuda(const ConvLSTMGatesBackward& p, void* stream) 
   const char* who = "convlstm_gates_backward_cuda";
   if (empty_or_bad(p.B, p.C, p.S, who)) return;
   check_slots(p.slot_block, who);
-  if (p.pre_act.ptr == nullptr || p.c.ptr == nullptr || p.grad_gates.ptr == nullptr ||
+  if (p.saved_gates.ptr == nullptr || p.c.ptr == nullptr || p.grad_gates.ptr == nullptr ||
       p.grad_c.ptr == nullptr)
     throw std::runtime_error(std::string(who) +
-                             ": pre_act, c, grad_gates and grad_c are required");
+                             ": saved_gates, c, grad_gates and grad_c are required");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   dispatch_dtype_pair(p.gate_dtype, p.state_dtype, who, [&](auto g, auto s) {
     launch_bwd<decltype(g), decltype(s)>(p, st);

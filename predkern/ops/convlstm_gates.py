@@ -132,8 +132,8 @@ if backends._extension_error() is None:
                 _empty(gates_x.shape, gates_x, compute_dtype(c.dtype)))
 
     @torch.library.register_fake("predkern::convlstm_gates_backward")
-    def _(grad_h, grad_c_new, pre_act, c, peephole, gate_dtype, gate_order, gate_act):
-        return _empty(pre_act.shape, pre_act, gate_dtype), _empty(c.shape, pre_act, c.dtype)
+    def _(grad_h, grad_c_new, saved_gates, c, peephole, gate_dtype, gate_order, gate_act):
+        return _empty(saved_gates.shape, saved_gates, gate_dtype), _empty(c.shape, saved_gates, c.dtype)
 
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/convlstm_gates.py ----
@@ -141,67 +141,67 @@ if backends._extension_error() is None:
 @torch.library.custom_op("predkern::convlstm_gates_triton", mutates_args=())
 def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias: Optional[Tensor],
                     peephole: Optional[Tensor], forget_bias: float, gate_order: str, gate_act: str,
-                    save_pre_act: bool) -> tuple[Tensor, Tensor, Tensor]:
+                    save_gates: bool) -> tuple[Tensor, Tensor, Tensor]:
     from predkern.triton import convlstm_gates as kernels
 
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
     h_new, c_new = _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
-    # pre_act in the compute dtype: the activations' arguments are never rounded
-    pre_act = _empty(gates_x.shape if save_pre_act else (0,) * gates_x.dim(), gates_x, compute_dtype(c.dtype))
+    # saved_gates in the compute dtype: never rounded to a half (hard_sigmoid kinks stay put)
+    saved_gates = _empty(gates_x.shape if save_gates else (0,) * gates_x.dim(), gates_x, compute_dtype(c.dtype))
     if h_new.numel():
         kernels.forward(_as3(gates_x), _as3(gates_h), _as3(c), bias, _as3(peephole), _as3(h_new),
-                        _as3(c_new), _as3(pre_act) if save_pre_act else None,
+                        _as3(c_new), _as3(saved_gates) if save_gates else None,
                         slot_block=_slot_blocks(gate_order), forget_bias=forget_bias,
                         hard_sigmoid=gate_act == "hard_sigmoid")
-    return h_new, c_new, pre_act
+    return h_new, c_new, saved_gates
 
 
 @_triton_forward.register_fake
-def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_pre_act):
+def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_gates):
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
-    pre_shape = gates_x.shape if save_pre_act else (0,) * gates_x.dim()
+    pre_shape = gates_x.shape if save_gates else (0,) * gates_x.dim()
     return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
             _empty(pre_shape, gates_x, compute_dtype(c.dtype)))
 
 
 @torch.library.custom_op("predkern::convlstm_gates_triton_backward", mutates_args=())
-def _triton_backward(grad_h: Optional[Tensor], grad_c_new: Optional[Tensor], pre_act: Tensor, c: Tensor,
+def _triton_backward(grad_h: Optional[Tensor], grad_c_new: Optional[Tensor], saved_gates: Tensor, c: Tensor,
                      peephole: Optional[Tensor], gate_dtype: torch.dtype, gate_order: str,
                      gate_act: str) -> tuple[Tensor, Tensor]:
     from predkern.triton import convlstm_gates as kernels
 
-    grad_gates = _empty(pre_act.shape, pre_act, gate_dtype)
-    grad_c = _empty(c.shape, pre_act, c.dtype)
+    grad_gates = _empty(saved_gates.shape, saved_gates, gate_dtype)
+    grad_c = _empty(c.shape, saved_gates, c.dtype)
     if grad_c.numel():
-        kernels.backward(_as3(grad_h), _as3(grad_c_new), _as3(pre_act), _as3(c), _as3(peephole),
+        kernels.backward(_as3(grad_h), _as3(grad_c_new), _as3(saved_gates), _as3(c), _as3(peephole),
                          _as3(grad_gates), _as3(grad_c), slot_block=_slot_blocks(gate_order),
                          hard_sigmoid=gate_act == "hard_sigmoid")
     return grad_gates, grad_c
 
 
 @_triton_backward.register_fake
-def _(grad_h, grad_c_new, pre_act, c, peephole, gate_dtype, gate_order, gate_act):
-    return _empty(pre_act.shape, pre_act, gate_dtype), _empty(c.shape, pre_act, c.dtype)
+def _(grad_h, grad_c_new, saved_gates, c, peephole, gate_dtype, gate_order, gate_act):
+    return _empty(saved_gates.shape, saved_gates, gate_dtype), _empty(c.shape, saved_gates, c.dtype)
 
 
 def _triton_setup_context(ctx, inputs, output):
     # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
     ctx.set_materialize_grads(False)
-    gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_pre_act = inputs
-    h_new, c_new, pre_act = output
-    if not save_pre_act:
+    gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_gates = inputs
+    h_new, c_new, saved_gates = output
+    if not save_gates:
         raise RuntimeError(f"{OP}: the triton forward ran without saving for backward; "
                            "call predkern.ops.convlstm_gates, which decides this")
-    ctx.save_for_backward(pre_act, c, peephole, c_new if peephole is not None else None)
+    ctx.save_for_backward(saved_gates, c, peephole, c_new if peephole is not None else None)
     ctx.gate_dtype, ctx.gate_order, ctx.gate_act = gates_x.dtype, gate_order, gate_act
     ctx.has_gates_h, ctx.has_bias = gates_h is not None, bias is not None
 
 
-def _triton_grad(ctx, grad_h, grad_c_new, _grad_pre_act):
-    pre_act, c, peephole, c_new = ctx.saved_tensors
+def _triton_grad(ctx, grad_h, grad_c_new, _grad_saved_gates):
+    saved_gates, c, peephole, c_new = ctx.saved_tensors
     if grad_h is None and grad_c_new is None:
         return (None,) * 9
-    grad_gates, grad_c = _triton_backward(grad_h, grad_c_new, pre_act, c, peephole, ctx.gate_dtype,
+    grad_gates, grad_c = _triton_backward(grad_h, grad_c_new, saved_gates, c, peephole, ctx.gate_dtype,
                                           ctx.gate_order, ctx.gate_act)
     grad_bias, grad_peephole = _param_grads(grad_gates, c, c_new, peephole, ctx.has_bias, ctx.gate_order,
                                             grad_h is not None)
