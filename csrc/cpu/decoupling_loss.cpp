@@ -102,6 +102,10 @@ void backward_typed(const DecouplingLossBackward& p) {
   const Vd grad(static_cast<double>(*static_cast<const G*>(p.grad_loss)));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
+    // Along channels, sample n's coefficients transposed to four runs of C (unit stride, loaded
+    // as vectors rather than gathered), rebuilt when the row's sample changes.
+    std::vector<double> kt(rs.space_inner ? 0 : 4 * p.C);
+    int64_t kt_n = -1;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t n = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
@@ -110,9 +114,18 @@ void backward_typed(const DecouplingLossBackward& p) {
       const auto gx = run_of<G>(p.grad_delta_c, n, o, 0, si);
       const auto gy = run_of<G>(p.grad_delta_m, n, o, 0, si);
       // The coefficients of row (n, c): one per row along space, one per lane along channels.
-      const double* kr = p.row_coefs + 4 * (n * p.C + (si ? o : 0));
       Run<const double> k[4];
-      for (int i = 0; i < 4; ++i) k[i] = {kr + i, si ? 0 : 4};
+      if (si) {
+        const double* kr = p.row_coefs + 4 * (n * p.C + o);
+        for (int i = 0; i < 4; ++i) k[i] = {kr + i, 0};
+      } else {
+        if (n != kt_n) {
+          for (int64_t c = 0; c < p.C; ++c)
+            for (int i = 0; i < 4; ++i) kt[i * p.C + c] = p.row_coefs[4 * (n * p.C + c) + i];
+          kt_n = n;
+        }
+        for (int i = 0; i < 4; ++i) k[i] = {kt.data() + i * p.C, 1};
+      }
       for (int64_t j = 0; j < rs.inner; j += kV) {
         const int64_t m = std::min(kV, rs.inner - j);
         const auto xv = load<double>(x, j, m), yv = load<double>(y, j, m);

@@ -45,7 +45,12 @@ inline Vectorized<T> load(const Run<S>& r, int64_t j, int64_t n) {
     if (r.inc == 1) return Vectorized<T>::loadu(r.p + j, n);
   }
   if (r.inc == 0) return Vectorized<T>(static_cast<T>(r.p[0]));
-  alignas(64) T buf[Vectorized<T>::size()];
+  constexpr int64_t V = Vectorized<T>::size();
+  alignas(64) T buf[V];
+  if (r.inc == 1 && n == V) {  // a fixed trip count: the compiler vectorizes the conversion
+    for (int64_t k = 0; k < V; ++k) buf[k] = static_cast<T>(r.p[j + k]);
+    return Vectorized<T>::loadu(buf);
+  }
   for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<T>(r.p[(j + k) * r.inc]);
   return Vectorized<T>::loadu(buf, n);
 }
@@ -59,8 +64,13 @@ inline void store(const Run<S>& r, int64_t j, int64_t n, const Vectorized<T>& v)
       return;
     }
   }
-  alignas(64) T buf[Vectorized<T>::size()];
+  constexpr int64_t V = Vectorized<T>::size();
+  alignas(64) T buf[V];
   v.store(buf);
+  if (r.inc == 1 && n == V) {  // as in load
+    for (int64_t k = 0; k < V; ++k) r.p[j + k] = static_cast<S>(buf[k]);
+    return;
+  }
   for (int64_t k = 0; k < n; ++k) r.p[(j + k) * r.inc] = static_cast<S>(buf[k]);
 }
 
