@@ -36,7 +36,7 @@ TORCH_LIBRARY(predkern, m) {
   m.def("stlstm_output(Tensor x_cat, Tensor h_cat, Tensor o_conv, Tensor last_conv) -> Tensor");
   m.def(
       "stlstm_output_forward(Tensor x_cat, Tensor h_cat, Tensor o_conv, Tensor last_conv) "
-      "-> (Tensor h_new, Tensor pre_o, Tensor tanh_last)");
+      "-> (Tensor h_new, Tensor o_gate, Tensor tanh_last)");
   m.def(
       "stlstm_output_backward(Tensor grad_h, Tensor o_gate, Tensor tanh_last) -> (Tensor grad_x_cat, "
       "Tensor grad_h_cat, Tensor grad_o_conv, Tensor grad_last_conv)");

@@ -243,7 +243,7 @@ def test_hard_sigmoid_gradient_at_and_next_to_the_kinks(backend, dtype):
 def test_half_pre_activation_rounding_onto_the_kink(backend):
     """f's argument -2.50084 (exact, from float16 inputs) lies outside hard_sigmoid's slope but
     rounds to the kink -2.5 in float16; eager float16 gets 0 here. Saved in half for the backward,
-    it gave 0.2 grad; the pre-activations are saved in float32. (Found by tests/test_fuzz.py.)"""
+    it gave 0.2 grad; hard_sigmoid's arguments are saved in float32. (Found by tests/test_fuzz.py.)"""
     device = backend_device(backend)
     half = dict(dtype=torch.float16, device=device)
     x = {"gates_x": torch.tensor([[0.5, -0.003391265869140625, 0.25, -0.75]], **half),
