@@ -164,19 +164,13 @@ class PredRNNv2Runner:
         _, loss = self.model(predkern.nn.reshape_patch(frames, a.patch_size), mask)
         return loss
 
-    def test_mask(self, batch_size):
-        """thuml's test-time mask with reverse scheduled sampling: true frames for the encoder
-        steps 1..input_length-1 (ones), the model's own predictions after (zeros)."""
-        mask = torch.zeros(batch_size, self.args.frames - 2, device=self.device)
-        mask[:, :self.args.input_frames - 1] = 1.0
-        return mask
-
     @torch.no_grad()
     def predict(self, frames):
         """(predictions of frames input_frames..T-1, their index of the first one)."""
         a = self.args
-        next_frames, _ = self.model(predkern.nn.reshape_patch(frames, a.patch_size),
-                                    self.test_mask(frames.shape[0]), return_loss=False)
+        # thuml's test-time mask: true frames for the encoder steps, its own predictions after
+        mask = predkern.nn.evaluation_mask(frames.shape[0], a.input_frames, a.frames, device=self.device)
+        next_frames, _ = self.model(predkern.nn.reshape_patch(frames, a.patch_size), mask, return_loss=False)
         next_frames = predkern.nn.reshape_patch_back(next_frames, a.patch_size)  # frames 1..T-1
         return next_frames[:, a.input_frames - 1:].clamp(0, 1), a.input_frames
 

@@ -207,6 +207,28 @@ def test_reverse_schedule_mask():
     assert torch.equal(late[:, :9], torch.ones(8, 9)) and torch.equal(late[:, 9:], torch.zeros(8, 9))
 
 
+@pytest.mark.parametrize("reverse", [1, 0])
+def test_evaluation_mask_is_thumls_test_time_flag(reverse):
+    """thuml's run.py test(): real_input_flag has total_length - mask_input - 1 steps (mask_input
+    = 1 with reverse scheduled sampling, else input_length), ones on the first input_length - 1
+    steps with reverse scheduled sampling, zeros everywhere else."""
+    B, input_length, total_length = 3, 4, 9
+    mask_input = 1 if reverse else input_length
+    flag = torch.zeros(B, total_length - mask_input - 1)
+    if reverse:
+        flag[:, :input_length - 1] = 1.0
+    mask = pknn.evaluation_mask(B, input_length, total_length, reverse_scheduled_sampling=bool(reverse))
+    assert torch.equal(mask, flag)
+    # the models take it as it is (a predkern model checks the mask's steps)
+    model = pknn.PredRNNv2(1, [4], thuml_configs(input_length=input_length, total_length=total_length,
+                                                 reverse_scheduled_sampling=reverse))
+    frames, _ = model_inputs(model, B, torch.Generator().manual_seed(0))
+    next_frames, _ = model(frames.float(), mask, return_loss=False)
+    assert next_frames.shape[1] == total_length - 1
+    with pytest.raises(ValueError, match="input_length"):
+        pknn.evaluation_mask(B, total_length, total_length, reverse_scheduled_sampling=bool(reverse))
+
+
 def test_schedule_sampling():
     eta, mask = pknn.schedule_sampling(1.0, 1, 3000, 10, 20, sampling_changing_rate=0.25)
     assert eta == 0.75 and mask.shape == (3000, 9)

@@ -60,6 +60,22 @@ def schedule_sampling(eta: float, itr: int, batch_size: int, input_length: int, 
     return eta, (flips < eta).float()
 
 
+def evaluation_mask(batch_size: int, input_length: int, total_length: int, *,
+                    reverse_scheduled_sampling: bool = True, device=None) -> Tensor:
+    """The mask thuml's run.py passes at test time (its ``real_input_flag``): with reverse
+    scheduled sampling, (batch_size, total_length - 2) with ones for the input_length - 1 encoder
+    steps and zeros for the decoder steps; without, (batch_size, total_length - input_length - 1)
+    zeros. The model then sees the true input frames and predicts the rest from its own outputs.
+    (Not called ``test_mask``: pytest would collect that name wherever it is imported.)"""
+    if reverse_scheduled_sampling:
+        _check_lengths(input_length, total_length, minimum=2)
+        mask = torch.zeros(batch_size, total_length - 2, device=device)
+        mask[:, :input_length - 1] = 1.0
+        return mask
+    _check_lengths(input_length, total_length, minimum=1)
+    return torch.zeros(batch_size, total_length - input_length - 1, device=device)
+
+
 def expand_mask(mask: Tensor, height: int, width: int, channels: int) -> Tensor:
     """The peers' mask layout (B, steps, height, width, channels) from a compact (B, steps) mask
     (a broadcast view: no memory is copied)."""
