@@ -1,4 +1,4 @@
-// PredRNN ST-LSTM stage 1 on the CPU: one pass forward, one pass backward (SPEC.md section 2).
+// PredRNN ST-LSTM stage 1 on the CPU: one kernel call each way (SPEC.md section 2).
 // Same row/SIMD scheme as convlstm_gates.cpp (see vec_helpers.h).
 #include "cpu/vec_helpers.h"
 #include "stlstm_memory.h"
@@ -8,7 +8,7 @@ namespace CPU_CAPABILITY {
 namespace stlstm_memory {
 
 // Both kernels compute c's half (blocks i, f, g of x_cat and h_cat, and c) and m's half (i', f', g'
-// of x_cat and m_cat, and m) as two passes of the same math on other operands (see run_passes);
+// of x_cat and m_cat, and m) as two passes of the same math on other operands (see parallel_passes);
 // the backward adds a third, zeroing the o blocks.
 
 template <typename G, typename S>
@@ -49,11 +49,7 @@ void forward_typed(const STLSTMMemoryForward& p) {
       }
     }
   };
-  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for_each_tile(begin, end, rs, [&](int64_t tile_begin, int64_t tile_end) {
-      run_passes(rs, tile_begin, tile_end, 2, pass);
-    });
-  });
+  parallel_passes(rs, 2, pass);
 }
 
 template <typename G, typename S>
@@ -93,8 +89,8 @@ void backward_typed(const STLSTMMemoryBackward& p) {
       const bool has_t = has_dmem || has_dd;
       // sigmoid' and tanh' from the saved values, associated as eager's sigmoid/tanh_backward
       const Vectorized<T> dz[3] = {
-          has_t ? t * g * (one - i) * i : zero,
-          has_dmem ? dnew * load<T>(state, j, n) * (one - f) * f : zero,
+          has_t ? sigmoid_backward(t * g, i) : zero,
+          has_dmem ? sigmoid_backward(dnew * load<T>(state, j, n), f) : zero,
           has_t ? t * i * (one - g * g) : zero};
       for (int k = 0; k < 3; ++k) {
         store(gx[k], j, n, dz[k]);
@@ -114,15 +110,11 @@ void backward_typed(const STLSTMMemoryBackward& p) {
       store(gho, j, n, zero);
     }
   };
-  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for_each_tile(begin, end, rs, [&](int64_t tile_begin, int64_t tile_end) {
-      run_passes(rs, tile_begin, tile_end, 3, [&](int k, int64_t row) {
-        if (k < 2)
-          pass(k, row);
-        else
-          zero_o_blocks(row);
-      });
-    });
+  parallel_passes(rs, 3, [&](int k, int64_t row) {
+    if (k < 2)
+      pass(k, row);
+    else
+      zero_o_blocks(row);
   });
 }
 

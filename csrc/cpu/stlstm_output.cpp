@@ -41,7 +41,7 @@ void forward_typed(const STLSTMOutputForward& p) {
 }
 
 // The backward writes the gradients in one pass and each of the nine zero blocks in a pass of its
-// own (see run_passes).
+// own (see parallel_passes).
 template <typename G>
 void backward_typed(const STLSTMOutputBackward& p) {
   using T = typename OpMathOf<G>::type;
@@ -64,7 +64,7 @@ void backward_typed(const STLSTMOutputBackward& p) {
       const int64_t n = std::min(V, rs.inner - j);
       const auto g = load<T>(dh, j, n), o_ = load<T>(og, j, n), t = load<T>(tl, j, n);
       // sigmoid' and tanh' from the saved values, associated as eager's sigmoid/tanh_backward
-      const auto dzo = g * t * (one - o_) * o_;
+      const auto dzo = sigmoid_backward(g * t, o_);
       store(gxo, j, n, dzo);
       store(gho, j, n, dzo);
       store(goc, j, n, dzo);
@@ -84,11 +84,7 @@ void backward_typed(const STLSTMOutputBackward& p) {
     else
       zero_block(k - 1, row);
   };
-  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for_each_tile(begin, end, rs, [&](int64_t tile_begin, int64_t tile_end) {
-      run_passes(rs, tile_begin, tile_end, 10, pass);
-    });
-  });
+  parallel_passes(rs, 10, pass);
 }
 
 // One dtype for every tensor of this op: Kernel<G, G>.

@@ -118,14 +118,20 @@ inline Vectorized<T> act(const Vectorized<T>& x, bool hard) {
 template <typename T> inline constexpr T kHardSigmoidHi = T(2.5);
 template <> inline constexpr double kHardSigmoidHi<double> = 2.5000000000000004;
 
+// grad * d sigmoid(x) / dx given y = sigmoid(x), associated as eager's sigmoid_backward.
+template <typename T>
+inline Vectorized<T> sigmoid_backward(const Vectorized<T>& grad, const Vectorized<T>& y) {
+  return grad * (Vectorized<T>(T(1)) - y) * y;
+}
+
 // grad * d act / dx, given x and y = act(x). hard_sigmoid's is 0.2 grad on the interval above,
 // selected (not multiplied by a 0/1 mask) so that an infinite grad outside it gives 0 as in
 // eager, not NaN.
 template <typename T>
 inline Vectorized<T> act_backward(const Vectorized<T>& grad, const Vectorized<T>& x,
                                   const Vectorized<T>& y, bool hard) {
-  const Vectorized<T> zero(T(0)), one(T(1));
-  if (!hard) return grad * (one - y) * y;
+  const Vectorized<T> zero(T(0));
+  if (!hard) return sigmoid_backward(grad, y);
   const auto inside = (x >= Vectorized<T>(T(-2.5))) & (x <= Vectorized<T>(kHardSigmoidHi<T>));
   return Vectorized<T>::blendv(zero, grad * Vectorized<T>(T(0.2)), inside);
 }
@@ -144,30 +150,28 @@ inline RowSpace row_space(int64_t B, int64_t C, int64_t S, const View3& out) {
   return r;
 }
 
-// Calls fn(tile_begin, tile_end) over [begin, end) in tiles of rows of about 16K elements, so a
-// kernel can run several passes over a tile (each with fewer streams open) while it is cached.
-template <typename F>
-inline void for_each_tile(int64_t begin, int64_t end, const RowSpace& rs, const F& fn) {
-  const int64_t tile = std::max<int64_t>(1, 16384 / std::max<int64_t>(rs.inner, 1));
-  for (int64_t t = begin; t < end; t += tile) fn(t, std::min(end, t + tile));
-}
-
-// Runs pass(k, row) for k in [0, passes) over the rows of a tile. Where space is the inner
-// dimension, the tile gets one pass after the other: a kernel that splits its work into passes
-// over a few channel blocks each keeps a dozen streams open rather than two dozen, all 4 KiB-aliased
-// (blocks lie C*S elements apart); stlstm_memory ran 1.2-1.3x faster each way that way on an EPYC
-// at B=16, C=128, 16x16. Where channels are inner (channels_last), a row's blocks are adjacent and
-// the passes run row by row (1.15-1.25x faster there than pass by pass).
+// Runs pass(k, row) for k in [0, passes) over rows [begin, end), split across threads. Where space
+// is the inner dimension, each tile of rows (about 16K elements, still cached) gets one pass after
+// the other: a kernel that splits its work into passes over a few channel blocks each keeps a dozen
+// streams open rather than two dozen, all 4 KiB-aliased (blocks lie C*S elements apart);
+// stlstm_memory ran 1.2-1.3x faster each way that way on an EPYC at B=16, C=128, 16x16. Where
+// channels are inner (channels_last), a row's blocks are adjacent and the passes run row by row
+// (1.15-1.25x faster there than pass by pass).
 template <typename Pass>
-inline void run_passes(const RowSpace& rs, int64_t tile_begin, int64_t tile_end, int passes,
-                       const Pass& pass) {
-  if (rs.space_inner) {
-    for (int k = 0; k < passes; ++k)
-      for (int64_t row = tile_begin; row < tile_end; ++row) pass(k, row);
-  } else {
-    for (int64_t row = tile_begin; row < tile_end; ++row)
-      for (int k = 0; k < passes; ++k) pass(k, row);
-  }
+inline void parallel_passes(const RowSpace& rs, int passes, const Pass& pass) {
+  const int64_t tile = std::max<int64_t>(1, 16384 / std::max<int64_t>(rs.inner, 1));
+  at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t0 = begin; t0 < end; t0 += tile) {
+      const int64_t t1 = std::min(end, t0 + tile);
+      if (rs.space_inner) {
+        for (int k = 0; k < passes; ++k)
+          for (int64_t row = t0; row < t1; ++row) pass(k, row);
+      } else {
+        for (int64_t row = t0; row < t1; ++row)
+          for (int k = 0; k < passes; ++k) pass(k, row);
+      }
+    }
+  });
 }
 
 // Runs Kernel<G, S> for the (gate, state) dtype pair; SPEC.md section 5 allows equal dtypes and

@@ -61,6 +61,12 @@ def _act(x, HARD: tl.constexpr):
 
 
 @triton.jit
+def _sigmoid_bwd(grad, a):
+    # grad * d sigmoid(z)/dz given a = sigmoid(z), associated as torch's sigmoid_backward.
+    return grad * (1.0 - a) * a
+
+
+@triton.jit
 def _act_bwd(grad, z, a, HARD: tl.constexpr):
     # grad * d act(z)/dz given a = act(z), associated as torch's autograd does. Sigmoid:
     # grad * (1 - a) * a. Hard sigmoid: 0.2 * grad on the closed interval where the float64
@@ -77,12 +83,6 @@ def _act_bwd(grad, z, a, HARD: tl.constexpr):
     else:
         d = _sigmoid_bwd(grad, a)
     return d
-
-
-@triton.jit
-def _sigmoid_bwd(grad, a):
-    # grad * d sigmoid(z)/dz given a = sigmoid(z), associated as torch's sigmoid_backward.
-    return grad * (1.0 - a) * a
 
 
 @triton.jit
