@@ -97,6 +97,16 @@ def test_matches_reference_options(backend, gate_act, optional):
                             C=5, spatial=(3, 4), **flags)
 
 
+@pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("layout, C, spatial", [("contiguous", 3, (17, 19)), ("channels_last", 261, (3, 2))],
+                         ids=["space_inner", "channels_inner"])
+def test_rows_longer_than_a_cpu_chunk(backend, gate_act, layout, C, spatial):
+    # The CPU forward runs a row in chunks of 16 vectors (256 float32, 128 float64 elements):
+    # inner rows of 323 and 261 elements take several chunks and end in a partial vector.
+    check_against_reference(backend, {"gate_act": gate_act, "forget_bias": 1.0}, B=1, C=C,
+                            spatial=spatial, layout=layout)
+
+
 def test_all_gate_orders(backend):
     orders = reference.GATE_ORDERS if backend != "triton" else ("ifgo", "igfo", "ogfi", "fiog")
     for order in orders:

@@ -41,31 +41,49 @@ void forward_typed(const ConvLSTMGatesForward& p) {
       if (save)
         for (int k = 0; k < 4; ++k) saved[k] = run_of<T>(p.saved_gates, b, o, k * C, si);
 
-      for (int64_t j = 0; j < rs.inner; j += V) {
-        const int64_t n = std::min(V, rs.inner - j);
-        Vectorized<T> z[4];
-        for (int k = 0; k < 4; ++k) {
-          z[k] = load<T>(gx[k], j, n);
-          if (has_gh) z[k] = z[k] + load<T>(gh[k], j, n);
-          if (has_bias) z[k] = z[k] + load<T>(bias[k], j, n);
+      // A chunk of the row in three steps (i and g, then f and c_new, then o and h), each with
+      // at most eight streams open: all of them would map to the same L1 sets (NCHW blocks lie
+      // C*S elements apart), more than its eight ways. i*g and c_new wait in L1 between steps.
+      constexpr int64_t K = 16;  // vectors per chunk
+      Vectorized<T> ig[K], cn[K];
+      const auto z_of = [&](int k, int64_t j, int64_t n) {
+        auto z = load<T>(gx[k], j, n);
+        if (has_gh) z = z + load<T>(gh[k], j, n);
+        if (has_bias) z = z + load<T>(bias[k], j, n);
+        return z;
+      };
+      for (int64_t j0 = 0; j0 < rs.inner; j0 += K * V) {
+        const int64_t j1 = std::min(rs.inner, j0 + K * V);
+        for (int64_t j = j0, v = 0; j < j1; j += V, ++v) {
+          const int64_t n = std::min(V, rs.inner - j);
+          auto zi = z_of(kI, j, n);
+          if (has_peep) zi = zi + load<T>(w[0], j, n) * load<T>(c, j, n);
+          const auto zg = z_of(kG, j, n);
+          const auto i = act(zi, hard), g = tanh(zg);
+          ig[v] = i * g;
+          if (save) {  // see saved_gates in convlstm_gates.h
+            store(saved[kI], j, n, hard ? zi : i);
+            store(saved[kG], j, n, g);
+          }
         }
-        const auto cv = load<T>(c, j, n);
-        if (has_peep) {
-          z[kI] = z[kI] + load<T>(w[0], j, n) * cv;
-          z[kF] = z[kF] + load<T>(w[1], j, n) * cv;
+        for (int64_t j = j0, v = 0; j < j1; j += V, ++v) {
+          const int64_t n = std::min(V, rs.inner - j);
+          const auto cv = load<T>(c, j, n);
+          auto zf = z_of(kF, j, n);
+          if (has_peep) zf = zf + load<T>(w[1], j, n) * cv;
+          zf = zf + forget_bias;
+          const auto f = act(zf, hard);
+          cn[v] = f * cv + ig[v];
+          store(c_out, j, n, cn[v]);
+          if (save) store(saved[kF], j, n, hard ? zf : f);
         }
-        z[kF] = z[kF] + forget_bias;
-        const auto i = act(z[kI], hard), f = act(z[kF], hard), g = tanh(z[kG]);
-        const auto cn = f * cv + i * g;
-        if (has_peep) z[kO] = z[kO] + load<T>(w[2], j, n) * cn;
-        const auto o_ = act(z[kO], hard);
-        store(h_out, j, n, o_ * tanh(cn));
-        store(c_out, j, n, cn);
-        if (save) {  // see saved_gates in convlstm_gates.h
-          store(saved[kI], j, n, hard ? z[kI] : i);
-          store(saved[kF], j, n, hard ? z[kF] : f);
-          store(saved[kG], j, n, g);
-          store(saved[kO], j, n, hard ? z[kO] : o_);
+        for (int64_t j = j0, v = 0; j < j1; j += V, ++v) {
+          const int64_t n = std::min(V, rs.inner - j);
+          auto zo = z_of(kO, j, n);
+          if (has_peep) zo = zo + load<T>(w[2], j, n) * cn[v];
+          const auto o_ = act(zo, hard);
+          store(h_out, j, n, o_ * tanh(cn[v]));
+          if (save) store(saved[kO], j, n, hard ? zo : o_);
         }
       }
     }
