@@ -252,11 +252,15 @@ class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunc
     if (peep.defined() && ctx->needs_input_grad(peephole_edge)) {
       // d/dW_c{i,f,o} = sum over batch of dz_{i,f,o} * (c, c, c_new). Without a gradient on h,
       // W_co's is zero: eager never runs o's path (0 * c_new would turn inf or NaN into NaN).
+      // Products and sums in the compute dtype, rounded once (a half product rounded before the
+      // sum over batch adds its error to terms that may cancel).
       const auto C = saved_gates.sym_size(1) / 4;
       const auto slot = slot_blocks(gate_order);
-      auto dz = [&](int k) { return grad_gates.narrow_symint(1, C * slot[k], C); };
-      const auto d_co = grads[0].defined() ? (dz(kO) * c_new).sum(0) : at::zeros_like(peep.select(0, 2));
-      out[4] = at::stack({(dz(kI) * c).sum(0), (dz(kF) * c).sum(0), d_co}).to(peep.scalar_type());
+      const auto up = [](const Tensor& t) { return t.to(at::toOpMathType(t.scalar_type())); };
+      auto dz = [&](int k) { return up(grad_gates.narrow_symint(1, C * slot[k], C)); };
+      const auto d_co =
+          grads[0].defined() ? (dz(kO) * up(c_new)).sum(0) : at::zeros_like(peep.select(0, 2));
+      out[4] = at::stack({(dz(kI) * up(c)).sum(0), (dz(kF) * up(c)).sum(0), d_co}).to(peep.scalar_type());
     }
     return out;
   }

@@ -70,9 +70,31 @@ def _draw_case(op, backend, draw):
     return x, opts, which, dtype
 
 
-def _assert_matches(got, ref, eager, dtype, what):
+def _summed_terms(op, x, opts, ref):
+    """For gradients summed over broadcast dims (convlstm_gates' bias and peephole): the sum of
+    the magnitudes of their terms, from the float64 reference. A half result whose terms cancel
+    carries the rounding of its terms, not of itself; eager may round luckily, so 2x eager's
+    error alone cannot bound it."""
+    if op != "convlstm_gates" or "d_gates_x" not in ref:
+        return {}
+    dz, c = ref["d_gates_x"].abs(), x["c"].detach().double().cpu().abs()
+    terms = {}
+    if "d_bias" in ref:
+        terms["d_bias"] = dz.sum([0, *range(2, dz.dim())])
+    if "d_peephole" in ref:
+        slot = [opts.get("gate_order", "ifgo").index(g) for g in "ifgo"]
+        blocks = dz.chunk(4, dim=1)
+        c_new = ref["out1"].abs()
+        terms["d_peephole"] = torch.stack([(blocks[slot[0]] * c).sum(0), (blocks[slot[1]] * c).sum(0),
+                                           (blocks[slot[3]] * c_new).sum(0)])
+    return terms
+
+
+def _assert_matches(got, ref, eager, dtype, what, summed_terms=None):
     """Same shapes, dtypes (eager's), NaN and Inf where the float64 reference has them; finite
-    values within SPEC.md 5's tolerance: float32/64 by REL x scale, halves no worse than eager."""
+    values within SPEC.md 5's tolerance: float32/64 by REL x scale, halves no worse than eager
+    (where eager is finite: elsewhere its error is unbounded) plus one rounding of the output's
+    scale, or of its summed terms (see _summed_terms)."""
     for k, r in ref.items():
         g = got[k].detach()
         assert g.shape == r.shape, f"{what} {k}: shape {tuple(g.shape)} != {tuple(r.shape)}"
@@ -82,15 +104,19 @@ def _assert_matches(got, ref, eager, dtype, what):
         nan_ok = r.isnan() | (e.isnan() & half)
         assert not (g.isnan() & ~nan_ok).any(), f"{what} {k}: NaN where the reference has none"
         assert g[r.isnan()].isnan().all(), f"{what} {k}: no NaN where the reference has one"
-        inf = r.isinf() & ~(e.isfinite() & half)
+        inf = r.isinf() & ~(half & (e != r))  # halves: the reference's Inf where eager has it too
         assert torch.equal(g[inf], r[inf]), f"{what} {k}: Inf differs from the reference"
-        fin = r.isfinite()
+        fin = r.isfinite() & ~(g.isnan() & nan_ok)  # a half NaN where eager has one is checked above
         if not fin.any():
             continue
         scale = max(1.0, r[fin].abs().max().item())
         err = (g[fin] - r[fin]).abs()
         if half:
-            bound = 2 * (e[fin] - r[fin]).abs() + torch.finfo(dtype).eps * scale
+            eager_err = (e[fin] - r[fin]).abs().nan_to_num(nan=math.inf)
+            summed = (summed_terms or {}).get(k)
+            # a NaN or Inf term under a finite result lies on a path the op does not take
+            rounded = scale if summed is None else torch.clamp(summed[fin].nan_to_num(0, 0), min=scale)
+            bound = 2 * eager_err + torch.finfo(dtype).eps * rounded
         else:
             bound = torch.full_like(err, REL[dtype] * scale)
         bad = ~(err <= bound)
@@ -107,7 +133,7 @@ def test_matches_float64_reference(backend, op, data):
     ref = outputs_and_grads(fn, {k: v.detach().cpu().double() for k, v in x.items()}, opts, which)
     eager = outputs_and_grads(fn, x, opts, which)
     got = outputs_and_grads(getattr(predkern, op), x, opts, which, backend)
-    _assert_matches(got, ref, eager, dtype, f"{op} on {backend}")
+    _assert_matches(got, ref, eager, dtype, f"{op} on {backend}", _summed_terms(op, x, opts, ref))
     for k, v in before.items():
         torch.testing.assert_close(x[k], v, rtol=0, atol=0, equal_nan=True,
                                    msg=f"{op} on {backend}: input {k} was written")
