@@ -178,10 +178,9 @@ inline RowSpace row_space(int64_t B, int64_t C, int64_t S, const View3& out) {
 // (1.15-1.25x faster there than pass by pass).
 template <typename Pass>
 inline void parallel_passes(const RowSpace& rs, int passes, const Pass& pass) {
-  const int64_t tile = std::max<int64_t>(1, 16384 / std::max<int64_t>(rs.inner, 1));
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
-    for (int64_t t0 = begin; t0 < end; t0 += tile) {
-      const int64_t t1 = std::min(end, t0 + tile);
+    for (int64_t t0 = begin; t0 < end; t0 += rs.grain) {  // a tile: the grain's ~16K elements
+      const int64_t t1 = std::min(end, t0 + rs.grain);
       if (rs.space_inner) {
         for (int k = 0; k < passes; ++k)
           for (int64_t row = t0; row < t1; ++row) pass(k, row);

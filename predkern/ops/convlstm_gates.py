@@ -108,10 +108,11 @@ def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephol
         # products and sums in the compute dtype, rounded once (a half product rounded before
         # the sum over batch adds its error to terms that may cancel)
         up = lambda t: t.to(torch.promote_types(t.dtype, torch.float32))  # noqa: E731
-        dz = up(grad_gates).chunk(4, dim=1)
+        dz = grad_gates.chunk(4, dim=1)
         i, f, _, o = _slot_blocks(gate_order)
-        d_co = (dz[o] * up(c_new)).sum(0) if has_grad_h else torch.zeros_like(peephole[2])
-        grad_peephole = torch.stack([(dz[i] * up(c)).sum(0), (dz[f] * up(c)).sum(0), d_co]).to(peephole.dtype)
+        d_co = (up(dz[o]) * up(c_new)).sum(0) if has_grad_h else torch.zeros_like(peephole[2])
+        grad_peephole = torch.stack([(up(dz[i]) * up(c)).sum(0), (up(dz[f]) * up(c)).sum(0),
+                                     d_co]).to(peephole.dtype)
     return grad_bias, grad_peephole
 
 
