@@ -71,6 +71,7 @@ std::tuple<Tensor, Tensor> backward_kernel(const Tensor& grad_loss, const Tensor
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, kOp, ": `grad_loss` must have one element, got ",
                     grad_loss.sizes());
   const auto R = dc.size(0) * dc.size(1);
+  check_tensor(kOp, row_coefs, "row_coefs", dc);  // on dc's device: the kernels dereference it
   TORCH_CHECK_VALUE(row_coefs.scalar_type() == at::kDouble && row_coefs.is_contiguous() &&
                         row_coefs.sizes() == at::IntArrayRef({R, 4}),
                     kOp, ": `row_coefs` must be a contiguous float64 (N*C, 4) tensor, got ",

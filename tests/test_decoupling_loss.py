@@ -166,3 +166,17 @@ def _bad_cases():
 @pytest.mark.parametrize("case", list(_bad_cases()), ids=lambda c: c[0])
 def test_bad_input_raises_naming_the_argument(backend, case):
     raises_naming_the_argument(backend, predkern.decoupling_loss, case, backend_device(backend))
+
+
+@pytest.mark.gpu
+def test_backward_op_refuses_row_coefs_on_another_device():
+    """The backward op's saved row coefficients are dereferenced by its kernel: on another device
+    than the deltas they raise, naming the argument, rather than fault."""
+    if backends.unavailable_reason("cuda", "cuda"):
+        pytest.skip(backends.unavailable_reason("cuda", "cuda"))
+    op = torch.ops.predkern.decoupling_loss_backward
+    dc, dm = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    coefs = torch.zeros(6, 4, dtype=torch.float64)
+    for where_deltas, where_coefs in (("cuda", "cpu"), ("cpu", "cuda")):
+        with pytest.raises(ValueError, match="`row_coefs`.*device"):
+            op(torch.ones((), device=where_deltas), dc.to(where_deltas), dm.to(where_deltas), coefs.to(where_coefs))

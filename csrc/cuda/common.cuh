@@ -93,6 +93,30 @@ PK_HD double op_tanh(double x) { return tanh(x); }
 template <typename T>
 PK_HD T sigmoid(T z) { return T(1) / (T(1) + op_exp(-z)); }
 
+// grad * d sigmoid(z) / dz given y = sigmoid(z), associated as eager's sigmoid_backward (and the
+// CPU kernels'), so the backends differ by no more than their exp.
+template <typename T>
+PK_HD T sigmoid_backward(T grad, T y) { return grad * (T(1) - y) * y; }
+
+// a * b rounded before any add that follows: nvcc would fuse `z + a * b` into one fma, where
+// eager rounds the product first (it matters next to hard_sigmoid's kinks).
+PK_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  volatile float m = a * b;
+  return m;
+#endif
+}
+PK_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  volatile double m = a * b;
+  return m;
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Index helpers.
 // ---------------------------------------------------------------------------------------------

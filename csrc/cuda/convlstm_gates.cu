@@ -70,7 +70,7 @@ template <> PK_HD double hard_hi<double>() { return 2.5000000000000004; }
 template <typename T, int ACT>
 PK_HD T act_backward(T grad, T z, T a) {
   if (ACT == static_cast<int>(GateAct::Sigmoid)) {
-    return grad * (T(1) - a) * a;
+    return sigmoid_backward(grad, a);
   } else {
     return (z >= T(-2.5) && z <= hard_hi<T>()) ? grad * T(0.2) : T(0);
   }
@@ -134,8 +134,8 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   const bool peep = a.peep != nullptr;
   if (peep) {
     const I po = a.peep_s.at(0, ch, s);
-    zi += load<T>(a.peep + po) * cv;
-    zf += load<T>(a.peep + po + a.peep_s.sb) * cv;
+    zi += mul_rn(load<T>(a.peep + po), cv);
+    zf += mul_rn(load<T>(a.peep + po + a.peep_s.sb), cv);
     wco = load<T>(a.peep + po + 2 * a.peep_s.sb);
   }
   zf += a.forget_bias;
@@ -144,7 +144,7 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   const T f = act<T, ACT>(zf);
   const T g = op_tanh(zg);
   const T cn = f * cv + i * g;
-  if (peep) zo += wco * cn;
+  if (peep) zo += mul_rn(wco, cn);
   const T o = act<T, ACT>(zo);
   const T h = o * op_tanh(cn);
 

@@ -52,12 +52,13 @@ PK_HD T round_as(T v) {
   return static_cast<T>(to_op(t));
 }
 
-// clip_max as the kernels compare it: rounded to the tensors' dtype (as torch casts the Scalar
-// bound), then widened to the math type.
+// clip_max as the kernels compare it: rounded to the tensors' dtype as torch casts the Scalar
+// bound (half and bfloat16 through float, as c10's conversions and the CPU kernel round it), then
+// widened to the math type.
 template <typename X>
 OpMath<X> clip_value(double clip_max) {
   X t;
-  store_once(&t, clip_max);
+  store_once(&t, sizeof(X) < sizeof(float) ? static_cast<double>(static_cast<float>(clip_max)) : clip_max);
   return static_cast<OpMath<X>>(to_op(t));
 }
 

@@ -222,19 +222,19 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   T dzi = T(0), dzf = T(0), dzg = T(0), dzim = T(0), dzfm = T(0), dzgm = T(0);
   T dc = T(0), dm = T(0);
   if (has_tc) {
-    dzi = tc * g * i * (T(1) - i);
+    dzi = sigmoid_backward(tc * g, i);
     dzg = tc * i * (T(1) - g * g);
   }
   if (has_tm) {
-    dzim = tm * gm * im * (T(1) - im);
+    dzim = sigmoid_backward(tm * gm, im);
     dzgm = tm * im * (T(1) - gm * gm);
   }
   if (has_mem) {
     const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
     const T mv = load<T>(a.m + a.m_s.at(b, ch, s));
-    dzf = dcn * cv * f * (T(1) - f);
+    dzf = sigmoid_backward(dcn * cv, f);
     dc = dcn * f;
-    dzfm = dmn * mv * fm * (T(1) - fm);
+    dzfm = sigmoid_backward(dmn * mv, fm);
     dm = dmn * fm;
   }
 

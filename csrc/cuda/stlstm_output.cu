@@ -142,7 +142,7 @@ PK_HD void bwd_element(const BwdArgs<X, I>& a, I idx) {
   const T dh = load<T>(a.gh + a.gh_s.at(b, ch, s));
   const T o = load<T>(a.og + a.og_s.at(b, ch, s));
   const T t = load<T>(a.tl + a.tl_s.at(b, ch, s));
-  const T dzo = dh * t * o * (T(1) - o);
+  const T dzo = sigmoid_backward(dh * t, o);
   const T dlc = dh * o * (T(1) - t * t);
 
   const I gxo = a.gx_s.at(b, ch, s);
@@ -216,6 +216,8 @@ void stlstm_output_forward_cuda(const STLSTMOutputForward& p, void* stream) {
   require(p.x_cat.ptr != nullptr && p.h_cat.ptr != nullptr && p.o_conv.ptr != nullptr &&
               p.last_conv.ptr != nullptr && p.h_new.ptr != nullptr,
           who, "x_cat, h_cat, o_conv, last_conv and h_new are required");
+  require((p.o_gate.ptr == nullptr) == (p.tanh_last.ptr == nullptr), who,
+          "o_gate and tanh_last are saved together");
   const cudaStream_t st = static_cast<cudaStream_t>(stream);
   dispatch_dtype(p.dtype, who, [&](auto x) { launch_fwd<decltype(x)>(p, st); });
 }
