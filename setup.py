@@ -30,7 +30,9 @@ def _extensions():
 
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
-    cxx = ["-O3", "-std=c++20", "-fopenmp", "-Wno-psabi"]  # OpenMP: at::parallel_for is inline
+    # OpenMP: at::parallel_for is inline. No contraction of a * b + c into an fma: eager rounds the
+    # product first, and an fma keeps an overflowing product finite (inf - inf is NaN in eager).
+    cxx = ["-O3", "-std=c++20", "-fopenmp", "-ffp-contract=off", "-Wno-psabi"]
     args = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if _want_cuda(torch, CUDA_HOME):
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]

@@ -140,6 +140,25 @@ def test_nan_inf_propagate_as_reference(backend):
             torch.testing.assert_close(g, r, equal_nan=True)
 
 
+def test_peephole_product_overflow_meets_an_infinite_gate_as_in_eager(backend):
+    """z + W*c where W*c overflows float32 and z is -inf: eager rounds the product to inf first,
+    so the gate's argument is NaN. A fused multiply-add (what GCC, nvcc and Triton make of
+    z + W*c unless told not to) keeps the product exact and gives -inf, a gate of 0 instead."""
+    device = backend_device(backend)
+    C, S = 16, (2, 8)  # whole SIMD vectors on the CPU
+    x = make_inputs(B=1, C=C, spatial=S, gates_h=False, bias=False, dtype=torch.float32, device=device)
+    x["gates_x"][:, 0 * C:1 * C] = -float("inf")  # i
+    x["gates_x"][:, 3 * C:4 * C] = float("inf")   # o
+    x["c"].fill_(1e30)
+    x["peephole"][0].fill_(1e30)  # W_ci * c = inf against z_i = -inf
+    for act in ("sigmoid", "hard_sigmoid"):
+        want = reference.convlstm_gates(**x, gate_act=act)  # eager float32: the product overflows
+        got = run(backend, **x, gate_act=act)
+        for name, w, g in zip(("h", "c_new"), want, got):
+            assert w.isnan().all(), f"eager's {name} should be NaN here"
+            assert g.isnan().all(), f"{act}: {name} = {g.flatten()[:2].tolist()} where eager gives NaN"
+
+
 def test_infinite_grad_outside_hard_sigmoid_range_gives_zero(backend):
     """torch.clamp's backward selects: an infinite upstream grad where the clamp is saturated
     gives 0 in gates_x's grad, not NaN (inf * 0)."""

@@ -2,6 +2,7 @@
 `gpu` tests; on the CPU they need ~11 GB and minutes, so they are `slow` (PREDKERN_RUN_SLOW=1).
 Each op is checked where the offsets pass 2^31, against the reference on slices cut from there
 (the ops are elementwise per position, or reduce per sample)."""
+import importlib
 import os
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 import predkern
 from predkern import backends, reference
 from conftest import RUN_SLOW, backend_device
+from op_table import OPS, inputs
+from oracle import check
 
 BIG = 2**31
 
@@ -78,3 +81,25 @@ def test_prednet_error_beyond_2_31_elements(backend):
                 for k in range(0, n, chunk))
     torch.testing.assert_close(e_mean.double().cpu(), torch.tensor([total / (2 * n)], dtype=torch.float64),
                                rtol=1e-3, atol=0)
+
+
+TRITON_OPTIONS = {"convlstm_gates": {"forget_bias": 1.0, "gate_act": "hard_sigmoid"},
+                  "stlstm_memory": {"return_deltas": True}, "prednet_error": {"return_mean": True, "clip_max": 1.0}}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_triton_64_bit_offsets_on_small_inputs(monkeypatch, op, layout):
+    """The Triton kernels' 64-bit offset variants (LARGE), forced on small inputs by lowering the
+    int32 limit the launchers compare against: the same results as the 32-bit ones, here (under
+    the interpreter) and where the variants compile for a GPU."""
+    if backends.unavailable_reason("triton", backend_device("triton")):
+        pytest.skip(backends.unavailable_reason("triton", backend_device("triton")))
+    import predkern.triton._common as common
+
+    for module in [common] + [importlib.import_module(f"predkern.triton.{name}") for name in OPS]:
+        if hasattr(module, "_INT32_MAX"):
+            monkeypatch.setattr(module, "_INT32_MAX", 0)
+    x = inputs(op, B=2, C=5, spatial=(3, 7), device=backend_device("triton"),
+               views={arg.name: layout for arg in OPS[op]})
+    check("triton", op, x, TRITON_OPTIONS.get(op))

@@ -9,6 +9,8 @@ past 2**31 - 1 elements. Math runs in the compute dtype ``CDT`` (float32, or flo
 state is float64); every load is converted to it and every store rounds once into the pointer's
 own dtype.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -126,6 +128,9 @@ def _tile(C, S, n_ct, n_st, LARGE: tl.constexpr, CH_FAST: tl.constexpr,
           BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Batch index, channel indices (BLOCK_C, 1), space indices (1, BLOCK_S), C and mask."""
     pid = tl.program_id(0)
+    if LARGE:  # 64-bit before any product: pid_s * BLOCK_S alone passes 2^31 on a long S
+        pid = pid.to(tl.int64)
+        C = tl.cast(C, tl.int64)  # so k * C + ch and everything it scales is 64-bit
     if CH_FAST:  # neighbouring programs walk the contiguous dim
         pid_c = pid % n_ct
         rest = pid // n_ct
@@ -139,17 +144,25 @@ def _tile(C, S, n_ct, n_st, LARGE: tl.constexpr, CH_FAST: tl.constexpr,
     ch = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)[:, None]
     s = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)[None, :]
     mask = (ch < C) & (s < S)
-    if LARGE:
-        b = b.to(tl.int64)
-        ch = ch.to(tl.int64)
-        s = s.to(tl.int64)
-        C = tl.cast(C, tl.int64)  # so k * C + ch and everything it scales is 64-bit
     return b, ch, s, C, mask
 
 
 # ----------------------------------------------------------------------------------------------
 # Host helpers
 # ----------------------------------------------------------------------------------------------
+def on_tensors_device(launch):
+    """Runs a launcher with its tensors' CUDA device current: Triton launches on the current
+    device and its current stream, not on the device of the pointers it is given."""
+    @functools.wraps(launch)
+    def on_device(*args, **kwargs):
+        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if t is None or t.device.type != "cuda":
+            return launch(*args, **kwargs)
+        with torch.cuda.device(t.device):
+            return launch(*args, **kwargs)
+    return on_device
+
+
 def _next_pow2(n):
     return 1 << (n - 1).bit_length() if n > 1 else 1
 

@@ -22,8 +22,8 @@ launch geometry are shared with the other ops' kernels in ``_common.py``.
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _act, _act_bwd, _compute_dtype, _geometry, _s3, _scalar,
-                      _tanh, _tile)
+from ._common import (_NUM_WARPS, _act, _act_bwd, _compute_dtype, _geometry, _s3, _scalar, _tanh, _tile,
+                      on_tensors_device)
 
 __all__ = ["forward", "backward"]
 
@@ -192,6 +192,7 @@ def _peep3(p, fold):
     return (sb, sc, 0) if fold else (sb, sc, ss)
 
 
+@on_tensors_device
 def forward(gates_x, gates_h, c, bias, peephole, h_new, c_new, saved_gates, *,
             slot_block, forget_bias, hard_sigmoid) -> None:
     """h_new, c_new (and saved_gates in slot order when given) from the gate pre-activations.
@@ -218,9 +219,11 @@ def forward(gates_x, gates_h, c, bias, peephole, h_new, c_new, saved_gates, *,
         HAS_GH=gates_h is not None, HAS_BIAS=bias is not None, HAS_PEEP=peephole is not None,
         HAS_SAVED=saved_gates is not None, HARD=bool(hard_sigmoid), CH_FAST=ch_fast, LARGE=large,
         CDT=_compute_dtype(c), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        enable_fp_fusion=False,  # z + W*c rounds the product first, as eager (see the CPU build)
     )
 
 
+@on_tensors_device
 def backward(grad_h, grad_c_new, saved_gates, c, peephole, grad_gates, grad_c, *,
              slot_block, hard_sigmoid) -> None:
     """grad_gates (gates_x's block order) and grad_c from the saved gates (slot order).
@@ -244,4 +247,5 @@ def backward(grad_h, grad_c_new, saved_gates, c, peephole, grad_gates, grad_c, *
         HAS_DH=grad_h is not None, HAS_DCN=grad_c_new is not None, HAS_PEEP=peephole is not None,
         HARD=bool(hard_sigmoid), CH_FAST=ch_fast, LARGE=large,
         CDT=_compute_dtype(c), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        enable_fp_fusion=False,  # z + W*c rounds the product first, as eager (see the CPU build)
     )

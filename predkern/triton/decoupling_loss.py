@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _INT32_MAX, _NUM_WARPS, _TILE, _geometry, _ld, _s3, _st64, _tile
+from ._common import _INT32_MAX, _NUM_WARPS, _TILE, _geometry, _ld, _s3, _st64, _tile, on_tensors_device
 
 __all__ = ["forward", "backward"]
 
@@ -42,16 +42,18 @@ _SUM_BLOCK = 1024  # rows per step of the one-program final sum
 @triton.jit
 def _decoupling_row(sxx, syy, sxy, inv_rows, HAS_K: tl.constexpr):
     """decoupling_row of csrc/decoupling_loss.h on float64 vectors: |cos| and k[0..3] (zeros when
-    not HAS_K). The comparisons are written as there, so NaN keeps its value; the literals meet
-    float64 operands and are exact doubles."""
+    not HAS_K). The comparisons are written as there, so NaN keeps its value; the bounds are
+    float64 tensors (Triton 3.6 rounds a Python float compared with a tensor to float32)."""
     nx = tl.sqrt(sxx)
     ny = tl.sqrt(syy)
-    dx = tl.where(nx < 1e-12, 1e-12, nx)  # F.normalize's clamp_min
-    dy = tl.where(ny < 1e-12, 1e-12, ny)
+    eps = tl.full(nx.shape, 1e-12, tl.float64)
+    eps_cos = tl.full(nx.shape, 1e-8, tl.float64)
+    dx = tl.where(nx < eps, eps, nx)  # F.normalize's clamp_min
+    dy = tl.where(ny < eps, eps, ny)
     na = nx / dx  # norms of the normalized rows
     nb = ny / dy
-    ea = tl.where(na < 1e-8, 1e-8, na)  # cosine_similarity's clamp (under no_grad)
-    eb = tl.where(nb < 1e-8, 1e-8, nb)
+    ea = tl.where(na < eps_cos, eps_cos, na)  # cosine_similarity's clamp (under no_grad)
+    eb = tl.where(nb < eps_cos, eps_cos, nb)
     cos = sxy / (dx * dy) / (ea * eb)
     if HAS_K:
         sign = tl.where(cos > 0.0, 1.0, tl.where(cos < 0.0, -1.0, cos * 0.0))  # NaN * 0 = NaN
@@ -60,8 +62,8 @@ def _decoupling_row(sxx, syy, sxy, inv_rows, HAS_K: tl.constexpr):
         qx = tl.where(na != 0.0, -g * cos / (ea * na * dx), 0.0)
         py = g / (ea * eb * dx)
         qy = tl.where(nb != 0.0, -g * cos / (eb * nb * dy), 0.0)
-        rx = tl.where(nx >= 1e-12, (px * sxy + qx * sxx) / (dx * dx * nx), 0.0)
-        ry = tl.where(ny >= 1e-12, (py * sxy + qy * syy) / (dy * dy * ny), 0.0)
+        rx = tl.where(nx >= eps, (px * sxy + qx * sxx) / (dx * dx * nx), 0.0)
+        ry = tl.where(ny >= eps, (py * sxy + qy * syy) / (dy * dy * ny), 0.0)
         k0 = qx / dx - rx
         k1 = px / dx
         k2 = qy / dy - ry
@@ -154,6 +156,7 @@ def _decoupling_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Host launchers
 # ----------------------------------------------------------------------------------------------
+@on_tensors_device
 def forward(x, y, row_coefs, loss) -> None:
     """loss = mean over rows of |cos| (and row_coefs, when given) from x = delta_c, y = delta_m.
 
@@ -182,6 +185,7 @@ def forward(x, y, row_coefs, loss) -> None:
     _decoupling_mean_kernel[(1,)](abs_cos, loss, R, BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
 
 
+@on_tensors_device
 def backward(grad_loss, x, y, row_coefs, grad_x, grad_y) -> None:
     """grad_x = G (k0 x + k1 y), grad_y = G (k2 y + k3 x) with G = grad_loss (0-dim, read on the
     device) and k the forward's row_coefs (N*C, 4).

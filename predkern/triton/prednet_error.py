@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (_INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st,
-                      _st64, _tile)
+from ._common import (_INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st, _st64, _tile,
+                      on_tensors_device)
 
 __all__ = ["forward", "backward"]
 
@@ -194,6 +194,7 @@ def _clip_arg(clip_max):
     return 0.0 if clip_max is None else float(clip_max)
 
 
+@on_tensors_device
 def forward(a, a_hat, e, a_hat_out, e_mean, relu_a_hat, clip_max, target_first) -> None:
     """e, a_hat_out (and e_mean when given) from the target a and the prediction a_hat.
 
@@ -223,6 +224,7 @@ def forward(a, a_hat, e, a_hat_out, e_mean, relu_a_hat, clip_max, target_first) 
             partial, e_mean, n_ct * n_st, 2 * C * S, BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
 
 
+@on_tensors_device
 def backward(grad_e, grad_a_hat_out, grad_e_mean, a, a_hat, grad_a, grad_a_hat, relu_a_hat,
              clip_max, target_first) -> None:
     """grad_a, grad_a_hat from the output gradients and the forward's inputs a, a_hat.

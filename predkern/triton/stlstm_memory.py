@@ -28,8 +28,8 @@ rather than 0 * (a possibly non-finite saved value).
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _sigmoid,
-                      _sigmoid_bwd, _st, _tanh, _tanh_bwd, _tile)
+from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _sigmoid, _sigmoid_bwd, _st,
+                      _tanh, _tanh_bwd, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
 
@@ -203,6 +203,7 @@ def _stlstm_memory_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Host launchers
 # ----------------------------------------------------------------------------------------------
+@on_tensors_device
 def forward(x_cat, h_cat, m_cat, c, m, mem, delta_c, delta_m, gates, *, forget_bias) -> None:
     """mem = [c', m'] (and delta_c, delta_m, gates when given) from the gate pre-activations.
 
@@ -230,6 +231,7 @@ def forward(x_cat, h_cat, m_cat, c, m, mem, delta_c, delta_m, gates, *, forget_b
     )
 
 
+@on_tensors_device
 def backward(grad_mem, grad_delta_c, grad_delta_m, gates, c, m,
              grad_x_cat, grad_h_cat, grad_m_cat, grad_c, grad_m) -> None:
     """grad_x_cat, grad_h_cat, grad_m_cat, grad_c, grad_m from the saved gates.

@@ -21,8 +21,8 @@ propagate alike; it writes the zero blocks of grad_x_cat (0..5) and grad_h_cat (
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _sigmoid, _sigmoid_bwd,
-                      _st, _tanh, _tanh_bwd, _tile)
+from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _sigmoid, _sigmoid_bwd, _st, _tanh,
+                      _tanh_bwd, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
 
@@ -95,6 +95,7 @@ def _stlstm_output_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 # Host launchers
 # ----------------------------------------------------------------------------------------------
+@on_tensors_device
 def forward(x_cat, h_cat, o_conv, last_conv, h_new, o_gate, tanh_last=None) -> None:
     """h_new (and o_gate, tanh_last when given) from the o blocks of x_cat, h_cat and the two conv
     outputs.
@@ -119,6 +120,7 @@ def forward(x_cat, h_cat, o_conv, last_conv, h_new, o_gate, tanh_last=None) -> N
     )
 
 
+@on_tensors_device
 def backward(grad_h, o_gate, tanh_last, grad_x_cat, grad_h_cat, grad_o_conv, grad_last_conv) -> None:
     """grad_x_cat (block 6; blocks 0..5 written 0), grad_h_cat (block 3; blocks 0..2 written 0),
     grad_o_conv and grad_last_conv from the saved o_gate and tanh_last.
