@@ -22,8 +22,8 @@ launch geometry are shared with the other ops' kernels in ``_common.py``.
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _act, _act_bwd, _compute_dtype, _geometry, _s3, _scalar, _tanh, _tile,
-                      on_tensors_device)
+from ._common import (_NUM_WARPS, _act, _act_bwd, _compute_dtype, _geometry, _s3, _scalar, _tanh,
+                      _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
 

@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (_INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st, _st64, _tile,
-                      on_tensors_device)
+from ._common import (_INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st,
+                      _st64, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
 

@@ -28,8 +28,8 @@ rather than 0 * (a possibly non-finite saved value).
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _sigmoid, _sigmoid_bwd, _st,
-                      _tanh, _tanh_bwd, _tile, on_tensors_device)
+from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _sigmoid,
+                      _sigmoid_bwd, _st, _tanh, _tanh_bwd, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
 

@@ -21,8 +21,8 @@ propagate alike; it writes the zero blocks of grad_x_cat (0..5) and grad_h_cat (
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _sigmoid, _sigmoid_bwd, _st, _tanh,
-                      _tanh_bwd, _tile, on_tensors_device)
+from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _sigmoid, _sigmoid_bwd, _st,
+                      _tanh, _tanh_bwd, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
 
