@@ -292,11 +292,17 @@ def _probe_model(model):
     gen = torch.Generator().manual_seed(0)
     frames = torch.rand(2, 3, f.height, f.width, f.frame_channel, generator=gen, dtype=torch.float64).to(device)
     mask = (torch.rand(2, 1, f.height, f.width, f.frame_channel, generator=gen) < 0.5).double().to(device)
-    with torch.no_grad():
-        try:
-            want = type(model).forward(ref, frames, mask)
-        except Exception as err:  # noqa: BLE001
-            return f"its own forward failed on a probe ({type(err).__name__}: {err})"
-        got = fused(frames, mask)
+    # the peers make their zero states with a bare torch.zeros, in the default dtype
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            try:
+                want = type(model).forward(ref, frames, mask)
+            except Exception as err:  # noqa: BLE001
+                return f"its own forward failed on a probe ({type(err).__name__}: {err})"
+            got = fused(frames, mask)
+    finally:
+        torch.set_default_dtype(default_dtype)
     mismatch = _mismatch(tuple(want), tuple(got))
     return f"the fused forward differs from its own on a probe ({mismatch})" if mismatch else None

@@ -1,6 +1,8 @@
 """Plain-PyTorch peers written from SPEC.md sections 2 and 6 (thuml/predrnn-pytorch, OpenSTL,
 ndrplz/ConvLSTM_pytorch): the independent implementations predkern.nn is tested against. They
 import nothing from predkern."""
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,11 +82,9 @@ class PeerRecurrentModel(nn.Module):
         if hasattr(configs, "in_shape"):  # OpenSTL
             _, img_channel, H, W = configs.in_shape
             H, W = H // configs.patch_size, W // configs.patch_size
-            self.input_length = configs.pre_seq_length
         else:  # thuml
             img_channel, H = configs.img_channel, configs.img_width // configs.patch_size
             W = H
-            self.input_length = configs.input_length
         frame_channel = configs.patch_size ** 2 * img_channel
         k, layer_norm = configs.filter_size, configs.layer_norm
         cells = []
@@ -99,21 +99,24 @@ class PeerRecurrentModel(nn.Module):
         if kind == "predrnn_v2":
             self.adapter = nn.Conv2d(num_hidden[0], num_hidden[0], 1, bias=False)
 
-    def forward(self, frames_tensor, mask_true):
+    def forward(self, frames_tensor, mask_true, **kwargs):
         frames = frames_tensor.permute(0, 1, 4, 2, 3).contiguous()
         mask_true = mask_true.permute(0, 1, 4, 2, 3).contiguous()
         B, _, _, H, W = frames.shape
-        h = [frames.new_zeros(B, C, H, W) for C in self.num_hidden]
-        c = [frames.new_zeros(B, C, H, W) for C in self.num_hidden]
-        memory = frames.new_zeros(B, self.num_hidden[0], H, W)
+        # as the peers make them: torch.zeros in the default dtype (their float64 users set it)
+        h = [torch.zeros(B, C, H, W, device=frames.device) for C in self.num_hidden]
+        c = [torch.zeros(B, C, H, W, device=frames.device) for C in self.num_hidden]
+        memory = torch.zeros(B, self.num_hidden[0], H, W, device=frames.device)
         next_frames, decouple, x_gen = [], [], None
+        # read at each call, as the peers do
+        input_length = getattr(self.configs, "pre_seq_length", None) or self.configs.input_length
         for t in range(self.configs.total_length - 1):
             if self.configs.reverse_scheduled_sampling == 1:
                 net = frames[:, t] if t == 0 else mask_true[:, t - 1] * frames[:, t] + (1 - mask_true[:, t - 1]) * x_gen
-            elif t < self.input_length:
+            elif t < input_length:
                 net = frames[:, t]
             else:
-                j = t - self.input_length
+                j = t - input_length
                 net = mask_true[:, j] * frames[:, t] + (1 - mask_true[:, j]) * x_gen
             for i, cell in enumerate(self.cell_list):
                 inp = net if i == 0 else h[i - 1]
@@ -129,7 +132,21 @@ class PeerRecurrentModel(nn.Module):
             x_gen = self.conv_last(h[-1])
             next_frames.append(x_gen)
         next_frames = torch.stack(next_frames, dim=0).permute(1, 0, 3, 4, 2).contiguous()
+        if not kwargs.get("return_loss", True):  # OpenSTL's keyword
+            return next_frames, None
         loss = F.mse_loss(next_frames, frames_tensor[:, 1:])
         if decouple:
             loss = loss + self.configs.decouple_beta * torch.mean(torch.stack(decouple, dim=0))
         return next_frames, loss
+
+
+@contextlib.contextmanager
+def default_dtype(dtype):
+    """torch's default dtype set to `dtype` for a while: how a user runs the peer models (whose
+    zero states come from a bare torch.zeros) in float64."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)

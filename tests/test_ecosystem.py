@@ -19,7 +19,7 @@ from torch import nn
 import predkern
 import predkern.nn as pknn
 from predkern import backends
-from peers import PeerRecurrentModel
+from peers import PeerRecurrentModel, default_dtype
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -268,7 +268,8 @@ def test_patched_model_to_float64_matches_unpatched_float64():
         outs = []
         for model in (plain, patched):
             model.zero_grad()
-            next_frames, loss = model(frames, mask)
+            with default_dtype(torch.float64):  # the plain model's zero states
+                next_frames, loss = model(frames, mask)
             loss.backward()
             outs.append((next_frames, loss, [p.grad for p in model.parameters()]))
         (want_frames, want_loss, want_grads), (got_frames, got_loss, got_grads) = outs
@@ -304,7 +305,8 @@ def test_copy_of_patched_model_runs_on_its_own_weights(how, tmp_path):
     assert got.dtype == torch.float64
     unpatched = copy.deepcopy(clone)
     predkern.unpatch(unpatched)
-    torch.testing.assert_close(got, unpatched(frames.double(), mask.double())[1], rtol=1e-11, atol=0)
+    with default_dtype(torch.float64):  # the unpatched model's zero states
+        torch.testing.assert_close(got, unpatched(frames.double(), mask.double())[1], rtol=1e-11, atol=0)
     assert not torch.isclose(got.float(), want, rtol=1e-3).item()
     assert torch.equal(model(frames, mask)[1].detach(), want)  # the original is untouched
 

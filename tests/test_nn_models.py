@@ -11,7 +11,7 @@ import torch
 import predkern.nn as pknn
 from predkern import backends
 from conftest import backend_device
-from peers import PeerRecurrentModel
+from peers import PeerRecurrentModel, default_dtype
 
 MODELS = {"predrnn": pknn.PredRNN, "predrnn_v2": pknn.PredRNNv2, "convlstm": pknn.ConvLSTM}
 
@@ -74,7 +74,8 @@ def compare_models(backend, peer, ours, dtype, rel, B=2):
     f = ours.frame
     peer_mask = pknn.expand_mask(mask, f.height, f.width, f.frame_channel)
     peer, ours = peer.to(device, dtype), ours.to(device, dtype)
-    want = run(peer, frames.to(device, dtype), peer_mask.to(device, dtype))
+    with default_dtype(dtype):
+        want = run(peer, frames.to(device, dtype), peer_mask.to(device, dtype))
     for our_mask in (mask, peer_mask):  # the compact mask and the peers' layout
         got = run(ours, frames.to(device, dtype), our_mask.to(device, dtype), backend)
         assert_close("next_frames", want[0], got[0], rel)
@@ -96,17 +97,19 @@ def test_predrnn_matches_peer(backend, kind, reverse, dtype, rel):
     compare_models(backend, peer, ours, dtype, rel)
 
 
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])
 @pytest.mark.parametrize("kind", ["predrnn", "predrnn_v2"])
-def test_predrnn_layer_norm_non_square_openstl(backend, kind):
+def test_predrnn_layer_norm_non_square_openstl(backend, kind, dtype, rel):
     peer, ours = make_pair(kind, [3, 3], openstl_configs(layer_norm=1, reverse_scheduled_sampling=1))
     assert (ours.frame.height, ours.frame.width) == (4, 6)
-    compare_models(backend, peer, ours, torch.float64, 1e-11)
+    compare_models(backend, peer, ours, dtype, rel)
 
 
+@pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])
 @pytest.mark.parametrize("reverse", [0, 1], ids=["scheduled", "reverse"])
-def test_convlstm_model_matches_peer(backend, reverse):
+def test_convlstm_model_matches_peer(backend, reverse, dtype, rel):
     peer, ours = make_pair("convlstm", [3, 5], openstl_configs(reverse_scheduled_sampling=reverse))
-    compare_models(backend, peer, ours, torch.float64, 1e-11)
+    compare_models(backend, peer, ours, dtype, rel)
 
 
 def test_decoupling_term_matters():

@@ -15,7 +15,7 @@ import predkern
 import predkern.nn as pknn
 from predkern import backends
 from conftest import backend_device
-from peers import PeerNdrplzConvLSTM, PeerOpenSTLConvLSTM, PeerRecurrentModel, PeerSTLSTM
+from peers import PeerNdrplzConvLSTM, PeerOpenSTLConvLSTM, PeerRecurrentModel, PeerSTLSTM, default_dtype
 
 
 def thuml_configs(**overrides):
@@ -60,7 +60,8 @@ def test_predrnn_v2_model_patched_trains_the_same(backend, layer_norm):
     assert list(patched.state_dict()) == keys_before
 
     frames, mask = (t.to(device) for t in batch())
-    want = train_step(plain, frames, mask)
+    with default_dtype(torch.float64):
+        want = train_step(plain, frames, mask)
     with backends.use(backend):
         got = train_step(patched, frames, mask)
     torch.testing.assert_close(got, want, rtol=1e-11, atol=0)
@@ -164,3 +165,25 @@ def test_predrnn_v2_model_with_visualization_keeps_its_forward():
     with pytest.warns(UserWarning, match="visual"):
         done = predkern.patch(model)
     assert done == {"cell_list.0": "stlstm_v2", "cell_list.1": "stlstm_v2"}
+
+
+@pytest.mark.parametrize("layer_norm", [0, 1], ids=["plain", "layer_norm"])
+def test_openstl_predrnn_v2_model_patched_with_its_return_loss_keyword(layer_norm):
+    """OpenSTL's configs (in_shape, pre_seq_length, aft_seq_length; non-square frames without
+    layer_norm) and its forward's return_loss keyword."""
+    torch.manual_seed(0)
+    H, W = (8, 8) if layer_norm else (8, 12)
+    configs = SimpleNamespace(in_shape=(5, 1, H, W), patch_size=2, filter_size=3, stride=1, layer_norm=layer_norm,
+                              pre_seq_length=3, aft_seq_length=2, total_length=5, reverse_scheduled_sampling=0,
+                              decouple_beta=0.1)
+    model = PeerRecurrentModel("predrnn_v2", [4, 4], configs)
+    gen = torch.Generator().manual_seed(1)
+    frames = torch.rand(2, 5, H // 2, W // 2, 4, generator=gen)
+    mask = (torch.rand(2, 1, H // 2, W // 2, 4, generator=gen) < 0.5).float()
+    want, want_frames_only = model(frames, mask), model(frames, mask, return_loss=False)
+    assert predkern.patch(model) == {"cell_list.0": "stlstm_v2", "cell_list.1": "stlstm_v2", "": "predrnn_v2_model"}
+    got, got_frames_only = model(frames, mask), model(frames, mask, return_loss=False)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    assert want_frames_only[1] is None and got_frames_only[1] is None
+    torch.testing.assert_close(got_frames_only[0], want_frames_only[0], rtol=1e-5, atol=1e-6)
