@@ -46,7 +46,7 @@ class PredRNNv2(PredRNN):
     """PredRNN-V2: PredRNN with v2 cells, whose increments delta_c = i*g and delta_m = i'*g' are
     pushed apart by the memory decoupling loss, loss = MSE + decouple_beta * mean over layers and
     steps of mean |cos(adapter(delta_c), adapter(delta_m))| (the shared 1x1 `adapter` as in the
-    peers). Here the deltas of every layer and step are stacked, the adapter runs once over the
+    peers). Here the deltas of every layer and step are stacked, the adapter runs once over each
     stack and predkern's fused decoupling loss runs once: the same mean as the peers' per-term
     loop, since every term has the same (batch, channels) rows."""
 
@@ -64,6 +64,7 @@ class PredRNNv2(PredRNN):
         state["delta_m"].append(delta_m)
 
     def extra_loss(self, state):
-        deltas = self.adapter(torch.cat(state["delta_c"] + state["delta_m"]))
-        delta_c, delta_m = deltas.chunk(2)
+        # two stacks, not one split in two: a split's backward would copy both gradients into one
+        delta_c = self.adapter(torch.cat(state["delta_c"]))
+        delta_m = self.adapter(torch.cat(state["delta_m"]))
         return self.frame.decouple_beta * ops.decoupling_loss(delta_c, delta_m)
