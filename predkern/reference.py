@@ -9,6 +9,7 @@ import itertools
 import math
 
 import torch
+from torch._prims_common import suggest_memory_format
 
 GATE_ORDERS = tuple("".join(p) for p in itertools.permutations("ifgo"))
 GATE_ACTS = ("sigmoid", "hard_sigmoid")
@@ -97,6 +98,7 @@ def decoupling_loss(delta_c, delta_m):
 
 def prednet_error(a, a_hat, *, relu_a_hat=True, clip_max=None, first="pred", return_mean=False):
     """PredNet error units (SPEC.md section 4): (e, a_hat_out[, e_mean])."""
+    a_hat = a_hat.contiguous(memory_format=suggest_memory_format(a))  # outputs follow a's layout
     p = torch.relu(a_hat) if relu_a_hat else a_hat.clone()  # a_hat_out never aliases a_hat
     if clip_max is not None:
         p = torch.clamp(p, max=clip_max)

@@ -135,6 +135,7 @@ def _bad_memory_cases():
     yield "m_cat", dict(ok, m_cat=torch.randn(2, 9, 4, 1)), ValueError, "shape"
     yield "c", dict(ok, c=torch.randn(2, 3, 1, 1)), ValueError, "shape"
     yield "forget_bias", dict(ok, forget_bias="1"), TypeError, "float"
+    yield "return_deltas", dict(ok, return_deltas="no"), TypeError, "bool"
 
 
 def _bad_output_cases():

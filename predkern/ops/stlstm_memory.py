@@ -31,10 +31,12 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
     """
     if not isinstance(x_cat, Tensor):
         _checks.tensor(OP, "x_cat", x_cat)
+    if not isinstance(return_deltas, bool):
+        raise TypeError(f"{OP}: `return_deltas` must be a bool, got {type(return_deltas).__name__}")
     backend = backends.select(x_cat.device.type)
     if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
         try:
-            mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), bool(return_deltas))
+            mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), return_deltas)
         except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
             _check(x_cat, h_cat, m_cat, c, m, forget_bias)
             raise
@@ -45,7 +47,7 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
                                            return_deltas=return_deltas)
         save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_cat, h_cat, m_cat, c, m))
         mem, delta_c, delta_m, _ = torch.ops.predkern.stlstm_memory_triton(
-            x_cat, h_cat, m_cat, c, m, float(forget_bias), bool(return_deltas), save)
+            x_cat, h_cat, m_cat, c, m, float(forget_bias), return_deltas, save)
     return (mem, delta_c, delta_m) if return_deltas else (mem, None, None)
 
 
