@@ -26,9 +26,12 @@ def _bench(args) -> int:
         return 0
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     shapes = args.shapes.split(",") if args.shapes else (cases.FULL_SHAPES if args.full else cases.DEFAULT_SHAPES)
-    data = report.run_all(device, shapes, op_names=args.ops.split(",") if args.ops else None,
-                          backend_names=args.backends.split(",") if args.backends else None,
-                          budget_s=args.budget)
+    try:
+        data = report.run_all(device, shapes, op_names=args.ops.split(",") if args.ops else None,
+                              backend_names=args.backends.split(",") if args.backends else None,
+                              budget_s=args.budget)
+    except ValueError as err:  # an unknown shape, op or backend: before anything is timed
+        args.parser.error(str(err))
     paths = report.write(data, args.out)
     print(report.markdown(data))
     print("wrote " + ", ".join(paths))
@@ -42,13 +45,14 @@ def main(argv=None) -> int:
     bench = sub.add_parser("bench", help="time eager, torch.compile and the predkern backends; write a report")
     bench.add_argument("--device", help="cpu or cuda (default: cuda if present)")
     bench.add_argument("--full", action="store_true", help="the paper configs instead of the small default")
-    bench.add_argument("--shapes", help="comma-separated shape names (tiny, small, mnist, large, kth)")
+    bench.add_argument("--shapes", help="comma-separated shape names (tiny, small, mnist, large, kth, kitti0, "
+                                        "kitti1, train, mnist_train)")
     bench.add_argument("--ops", help="comma-separated op names (default: all)")
     bench.add_argument("--backends", help="comma-separated predkern backends to time (default: all present)")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per contender")
     bench.add_argument("--out", default="bench-report", help="output folder (default: bench-report)")
     bench.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results.json and exit")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=_bench, parser=bench)
     info = sub.add_parser("info", help="the backends available here, and why any is missing")
     info.set_defaults(func=_info)
     args = parser.parse_args(argv)

@@ -3,6 +3,8 @@ import dataclasses
 import json
 import os
 
+import pytest
+
 from predkern.bench import cases, report, runner
 
 
@@ -42,3 +44,54 @@ def test_training_iteration_case_is_checked_and_timed():
     for row in rows:
         assert row["status"] == "ok", row
         assert row["max_rel_error"] <= runner.TOLERANCE and row["samples_s"]
+
+
+def test_cli_selects_writes_and_compares(tmp_path, capsys):
+    """`predkern bench` with --shapes/--ops/--backends/--out, twice, then --compare of the two."""
+    from predkern import cli
+
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        argv = ["bench", "--device", "cpu", "--shapes", "tiny,small", "--ops", "convlstm_gates",
+                "--backends", "cpu", "--budget", "0.01", "--out", str(out)]
+        assert cli.main(argv) == 0
+        with open(out / "results.json") as f:
+            rows = json.load(f)["results"]
+        assert {r["case"] for r in rows} == {"convlstm_gates[tiny]", "convlstm_gates[small]"}
+        assert {r["contender"] for r in rows} == {"eager", "compile", "predkern-cpu"}
+        assert all(r["status"] == "ok" and r["peak_bytes"] is None for r in rows)  # no GPU peak on a CPU
+        assert (out / "speedup.png").exists() and (out / "time_vs_size.png").exists()
+        runs.append(str(out / "results.json"))
+    capsys.readouterr()
+    assert cli.main(["bench", "--compare", *runs]) == 0
+    table = capsys.readouterr().out
+    assert table.count("| convlstm_gates[") == 2 * 2 * 3  # 2 shapes x 2 modes x 3 contenders
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--ops", "convlstm"], "unknown ops"),
+    (["--shapes", "huge"], "unknown shapes"),
+    (["--backends", "cudnn"], "unknown backends"),
+    (["--backends", "cuda", "--device", "cpu"], "cannot run on cpu"),
+])
+def test_cli_refuses_unknown_selections_before_timing(argv, message, capsys):
+    from predkern import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--shapes", "tiny", *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_gpu_rows_count_launches_and_peak_memory():
+    (case,) = cases.cases(["tiny"], ["convlstm_gates"])
+    for mode in cases.MODES:
+        rows = runner.run_group(case, ["eager", "predkern-cuda"], mode, "cuda", budget_s=0.01)
+        for row in rows:
+            assert row["status"] == "ok", row
+            assert isinstance(row["launches"], int) and row["launches"] >= 1
+            assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0
+        eager, fused = rows
+        assert fused["launches"] < eager["launches"]

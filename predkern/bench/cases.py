@@ -238,9 +238,21 @@ def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
 
 def contenders(device_type: str, requested_backends=None) -> list[str]:
     """eager, compile, then `predkern-<backend>` for each backend that runs on this device (the
-    Triton interpreter is a correctness tool, not a contender)."""
+    Triton interpreter is a correctness tool, not a contender). A requested backend that is
+    unknown, or cannot run here, raises ValueError."""
     names = ["eager", "compile"]
-    for backend in ("cpu", "cuda", "triton"):
+    fused = ("cpu", "cuda", "triton")
+    unknown = set(requested_backends or ()) - set(fused)
+    if unknown:
+        raise ValueError(f"unknown backends {sorted(unknown)}; the fused ones are {list(fused)} "
+                         f"(eager PyTorch, the reference, is always timed)")
+    for backend in requested_backends or ():
+        reason = backends.unavailable_reason(backend, device_type)
+        if backend == "triton" and device_type != "cuda":
+            reason = "it is timed on a GPU only (on a CPU it runs in its interpreter, a correctness tool)"
+        if reason is not None:
+            raise ValueError(f"backend {backend!r} cannot run on {device_type}: {reason}")
+    for backend in fused:
         if requested_backends is not None and backend not in requested_backends:
             continue
         if backend == "triton" and device_type != "cuda":

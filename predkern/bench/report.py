@@ -103,7 +103,9 @@ def markdown(data: dict) -> str:
              "by side), inputs rotated over 3 random sets; each result was "
              "checked against the float64 reference first (max error over the output's scale; a wrong "
              "result is reported, not timed). *vs eager* / *vs compile* are speedups (>1 is faster). "
-             "GB/s counts the fewest bytes a fused forward must move, against a `clone()` of as many bytes.",
+             "GB/s counts the fewest bytes a fused forward must move, against a `clone()` of as many bytes. "
+             "Launches (device kernels per call) and peak memory (allocated at the peak of one call beyond "
+             "what was allocated before it) are measured on a GPU only.",
              ""]
     rows = data["results"]
     for case in dict.fromkeys(r["case"] for r in rows):
@@ -112,8 +114,8 @@ def markdown(data: dict) -> str:
             dims = ", ".join(f"{k}={v}" for k, v in group[0]["dims"].items())
             lines += [f"## {case} ({dims}): {mode}", "",
                       "| contender | median | vs eager | vs compile | GB/s (of clone) | saved for backward "
-                      "| launches | max error | status |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| launches | peak memory | max error | status |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             base = {r["contender"]: r.get("median_s") for r in group}
             for r in group:
                 med = r.get("median_s")
@@ -124,7 +126,8 @@ def markdown(data: dict) -> str:
                 err = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else ""
                 lines.append(f"| {r['contender']} | {_fmt_time(med) if med else ''} | "
                              f"{_ratio(med, base.get('eager'))} | {_ratio(med, base.get('compile'))} | {gb} | "
-                             f"{_fmt_bytes(r.get('saved_bytes'))} | {r.get('launches') or ''} | {err} | {status} |")
+                             f"{_fmt_bytes(r.get('saved_bytes'))} | {r.get('launches') or ''} | "
+                             f"{_fmt_bytes(r.get('peak_bytes'))} | {err} | {status} |")
             lines.append("")
     missing = {k: v for k, v in data["backends"].items() if v}
     if missing:
@@ -133,7 +136,8 @@ def markdown(data: dict) -> str:
 
 
 def plots(data: dict, out_dir: str) -> list[str]:
-    """speedup.png (vs eager, per case and mode) and time_vs_size.png; needs matplotlib."""
+    """speedup.png (vs eager, per case and mode) and time_vs_size.png (a panel per op timed at
+    several sizes); needs matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -163,30 +167,42 @@ def plots(data: dict, out_dir: str) -> list[str]:
     plt.close(fig)
     written.append(path)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, style in zip(("forward", "forward+backward"), ("-", "--")):
-        for name in dict.fromkeys(r["contender"] for r in ok):
-            pts = sorted((_numel(r["dims"]), r["median_s"]) for r in ok
-                         if r["contender"] == name and r["mode"] == mode and r["op"] == "convlstm_gates")
-            if len(pts) > 1:
-                ax.loglog(*zip(*pts), style, marker="o", label=f"{name} {mode}")
-    if ax.lines:
-        ax.set_xlabel("hidden elements B*C*H*W")
+    # one panel per op timed at two sizes or more
+    sizes = {}
+    for r in ok:
+        if r["op"] in TIME_VS_SIZE_OPS:
+            sizes.setdefault(r["op"], set()).add(_elements(r["dims"]))
+    ops = [op for op, n in sizes.items() if len(n) > 1]
+    if not ops:
+        return written
+    fig, axes = plt.subplots(1, len(ops), figsize=(5 * len(ops), 4), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        for mode, style in zip(("forward", "forward+backward"), ("-", "--")):
+            for name in dict.fromkeys(r["contender"] for r in ok):
+                pts = sorted((_elements(r["dims"]), r["median_s"]) for r in ok
+                             if r["contender"] == name and r["mode"] == mode and r["op"] == op)
+                if len(pts) > 1:
+                    ax.loglog(*zip(*pts), style, marker="o", label=f"{name} {mode}")
+        ax.set_xlabel("elements per call (terms * B * C * H * W)")
         ax.set_ylabel("median time per call (s)")
-        ax.set_title("convlstm_gates: time against problem size", fontsize=9)
+        ax.set_title(f"{op}: time against problem size", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "time_vs_size.png")
-        fig.savefig(path, dpi=120)
-        written.append(path)
+    fig.tight_layout()
+    path = os.path.join(out_dir, "time_vs_size.png")
+    fig.savefig(path, dpi=120)
+    written.append(path)
     plt.close(fig)
     return written
 
 
-def _numel(dims):
+# the ops whose size is their elements per call (a cell step or a model also varies k, layers, T)
+TIME_VS_SIZE_OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "decoupling_loss", "prednet_error")
+
+
+def _elements(dims):
     n = 1
-    for v in dims.values():
-        n *= v
+    for key in ("terms", "B", "C", "H", "W"):
+        n *= dims.get(key, 1)
     return n
 
 

@@ -85,6 +85,19 @@ def kernel_launches(case, fn, mode, inputs, grads, device) -> int | None:
     return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def peak_bytes(case, fn, mode, inputs, grads, device) -> int | None:
+    """GPU memory one call allocates at its peak beyond what was allocated before it (its
+    outputs, saved tensors and temporaries; GPU only, from the caching allocator's counters)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    _step(case, fn, mode, inputs, grads)
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
 def clone_median_s(nbytes: int, device, repeats: int = 50) -> float:
     """Median time of a clone() moving `nbytes` (reading nbytes/2, writing nbytes/2). On the CPU
     the copy goes into a kept buffer: a fresh allocation of this size would be page-faulted in
@@ -172,4 +185,5 @@ def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s:
             if requires_grad:
                 row["saved_bytes"] = saved_bytes(case, fn, sets[0])
             row["launches"] = kernel_launches(case, fn, mode, sets[0], grads, device)
+            row["peak_bytes"] = peak_bytes(case, fn, mode, sets[0], grads, device)
     return rows
