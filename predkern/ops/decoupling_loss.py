@@ -121,9 +121,12 @@ def _triton_setup_context(ctx, inputs, output):
         raise RuntimeError(f"{OP}: the triton forward ran without saving for backward; "
                            "call predkern.ops.decoupling_loss, which decides this")
     ctx.save_for_backward(inputs[0], inputs[1], output[1])
+    ctx.set_materialize_grads(False)  # row_coefs (internal) never gets a gradient: no zeros for it
 
 
 def _triton_grad(ctx, grad_loss, _grad_row_coefs):
+    if grad_loss is None:
+        return None, None, None
     delta_c, delta_m, row_coefs = ctx.saved_tensors
     return (*_triton_backward(grad_loss.contiguous(), delta_c, delta_m, row_coefs), None)
 
