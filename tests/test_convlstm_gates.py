@@ -107,10 +107,12 @@ def test_rows_longer_than_a_cpu_chunk(backend, gate_act, layout, C, spatial):
                             spatial=spatial, layout=layout)
 
 
-def test_all_gate_orders(backend):
-    orders = reference.GATE_ORDERS if backend != "triton" else ("ifgo", "igfo", "ogfi", "fiog")
-    for order in orders:
-        check_against_reference(backend, {"gate_order": order}, C=2, spatial=(3,))
+@pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])
+def test_all_gate_orders(backend, gate_act):
+    # with peephole and bias, whose blocks follow the gate order too
+    for order in reference.GATE_ORDERS:
+        check_against_reference(backend, {"gate_order": order, "gate_act": gate_act, "forget_bias": 0.5},
+                                C=2, spatial=(3,), bias=True, peephole=True)
 
 
 @pytest.mark.parametrize("grads", [("h",), ("c",)], ids=["grad_h_only", "grad_c_only"])
