@@ -27,6 +27,20 @@ def test_automatic_choice_for_cpu_tensors_is_cpu():
     assert backends.select("cpu") == "cpu"
 
 
+@pytest.mark.gpu
+def test_automatic_choice_for_cuda_tensors_is_cuda_then_triton(monkeypatch):
+    expected = "cuda" if backends.unavailable_reason("cuda", "cuda") is None else "triton"
+    assert backends.select("cuda") == expected
+    x, c = torch.randn(1, 8, 3, device="cuda"), torch.randn(1, 2, 3, device="cuda")
+    h, _ = predkern.convlstm_gates(x, c)  # runs on the automatic choice, no warning
+    torch.testing.assert_close(h, predkern.reference.convlstm_gates(x, c)[0])
+    real = backends.unavailable_reason
+    monkeypatch.setattr(backends, "unavailable_reason",
+                        lambda name, device: "simulated" if name == "cuda" else real(name, device))
+    if real("triton", "cuda") is None:
+        assert backends.select("cuda") == "triton"
+
+
 def test_use_overrides_and_nests():
     with backends.use("reference"):
         assert backends.select("cpu") == "reference"

@@ -24,23 +24,26 @@ def _quantized(t):
         return torch.quantize_per_tensor(t.float().cpu(), 0.1, 0, torch.quint8)
 
 
-# kind -> (make the bad tensor from a good one, exception, words in the message, CPU only)
+# kind -> (make the bad tensor from a good one, exception, words in the message, where the case
+# exists: "any" device, "cpu" only, "cuda" only, or "cpu+gpu": CPU inputs on a machine with a GPU)
 KINDS = {
-    "list": (lambda t: t.tolist(), TypeError, "torch.Tensor", False),
-    "int32": (lambda t: t.to(torch.int32), TypeError, "floating", False),
-    "bool": (lambda t: t > 0, TypeError, "floating", False),
-    "complex": (lambda t: t.to(torch.complex64), TypeError, "floating", False),
-    "quantized": (_quantized, TypeError, "floating", True),
-    "sparse_coo": (lambda t: t.to_sparse(), ValueError, "strided", False),
-    "sparse_csr": (lambda t: t.reshape(t.shape[0], -1).to_sparse_csr(), ValueError, "strided", False),
-    "mkldnn": (lambda t: t.float().to_mkldnn(), ValueError, "strided", True),
-    "nested": (lambda t: torch.nested.nested_tensor(list(t)), ValueError, "strided", False),
-    "meta": (lambda t: t.to("meta"), ValueError, "device", False),
-    "rank": (lambda t: t.reshape(-1) if t.dim() > 1 else t.reshape(1, -1), ValueError, "shape", False),
-    "float64": (lambda t: t.double(), ValueError, "dtype", False),
+    "list": (lambda t: t.tolist(), TypeError, "torch.Tensor", "any"),
+    "int32": (lambda t: t.to(torch.int32), TypeError, "floating", "any"),
+    "bool": (lambda t: t > 0, TypeError, "floating", "any"),
+    "complex": (lambda t: t.to(torch.complex64), TypeError, "floating", "any"),
+    "quantized": (_quantized, TypeError, "floating", "cpu"),
+    "sparse_coo": (lambda t: t.to_sparse(), ValueError, "strided", "any"),
+    "sparse_csr": (lambda t: t.reshape(t.shape[0], -1).to_sparse_csr(), ValueError, "strided", "any"),
+    "mkldnn": (lambda t: t.float().to_mkldnn(), ValueError, "strided", "cpu"),
+    "nested": (lambda t: torch.nested.nested_tensor(list(t)), ValueError, "strided", "any"),
+    "meta": (lambda t: t.to("meta"), ValueError, "device", "any"),
+    "on_cpu": (lambda t: t.cpu(), ValueError, "device", "cuda"),         # beside CUDA tensors
+    "on_cuda": (lambda t: t.cuda(), ValueError, "device", "cpu+gpu"),    # beside CPU tensors
+    "rank": (lambda t: t.reshape(-1) if t.dim() > 1 else t.reshape(1, -1), ValueError, "shape", "any"),
+    "float64": (lambda t: t.double(), ValueError, "dtype", "any"),
 }
 # The first tensor sets the device and the gates' dtype: a mismatch there is reported on the next.
-NOT_FIRST = {"meta", "float64"}
+NOT_FIRST = {"meta", "on_cpu", "on_cuda", "float64"}
 
 
 def _cases():
@@ -49,15 +52,18 @@ def _cases():
             for kind in KINDS:
                 if k == 0 and kind in NOT_FIRST:
                     continue
-                yield pytest.param(op, arg.name, kind, id=f"{op}-{arg.name}-{kind}")
+                marks = [pytest.mark.gpu] if KINDS[kind][3] == "cpu+gpu" else []
+                yield pytest.param(op, arg.name, kind, id=f"{op}-{arg.name}-{kind}", marks=marks)
 
 
 @pytest.mark.parametrize("op,name,kind", list(_cases()))
 def test_bad_tensor_raises_naming_the_argument(backend, op, name, kind):
-    make, exc, words, cpu_only = KINDS[kind]
+    make, exc, words, where = KINDS[kind]
     device = backend_device(backend)
-    if cpu_only and device != "cpu":
-        pytest.skip(f"{kind} tensors exist on the CPU only")
+    if where in ("cpu", "cpu+gpu") and device != "cpu":
+        pytest.skip(f"the {kind} case is one of CPU inputs")
+    if where == "cuda" and device != "cuda":
+        pytest.skip(f"the {kind} case is one of CUDA inputs")
     x = inputs(op, device=device)
     before = {k: v.clone() for k, v in x.items()}
     x[name] = make(x[name])
