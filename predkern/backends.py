@@ -105,8 +105,13 @@ def requested() -> str | None:
 
 
 def select(device_type: str) -> str:
-    """The backend that runs an op on tensors of `device_type` (evaluated once per compiled graph)."""
-    wanted = requested()
+    """The backend that runs an op on tensors of `device_type`. Under torch.compile this function
+    is traced: reading the requested backend here puts a guard on it, so a graph compiled under
+    one backend is recompiled, not reused, under another; the choice itself is made once per graph."""
+    return _choose(requested(), device_type)
+
+
+def _choose(wanted: str | None, device_type: str) -> str:
     if wanted is not None:
         reason = unavailable_reason(wanted, device_type)
         if reason is not None:
@@ -122,10 +127,11 @@ def select(device_type: str) -> str:
     if (device_type, reasons[0]) not in _warned:
         _warned.add((device_type, reasons[0]))
         warnings.warn(f"predkern: no fused backend for {device_type} tensors ({'; '.join(reasons)}); "
-                      "falling back to the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+                      "falling back to the pure-PyTorch reference", RuntimeWarning, stacklevel=4)
     return "reference"
 
 
-# What torch.compiler.assume_constant_result(select) does (dynamo evaluates select once per
-# compiled graph), without importing torch._dynamo, which takes half of `import predkern`.
-select._dynamo_marked_constant = True
+# What torch.compiler.assume_constant_result(_choose) does (dynamo evaluates it once per compiled
+# graph, not tracing its look-ups of what is installed), without importing torch._dynamo, which
+# takes half of `import predkern`.
+_choose._dynamo_marked_constant = True

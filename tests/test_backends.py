@@ -105,9 +105,9 @@ def test_package_works_without_triton_and_extension():
     assert out.stdout.startswith("ok")
 
 
-def test_import_leaves_dynamo_unloaded_and_select_marked_as_torch_would():
-    """`import predkern` does not import torch._dynamo (half its import time), and select carries
-    exactly what torch.compiler.assume_constant_result would have set on it."""
+def test_import_leaves_dynamo_unloaded_and_the_choice_marked_as_torch_would():
+    """`import predkern` does not import torch._dynamo (half its import time), and the choice
+    carries exactly what torch.compiler.assume_constant_result would have set on it."""
     out = _run_python("import sys, predkern; print('torch._dynamo' in sys.modules)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -118,4 +118,20 @@ def test_import_leaves_dynamo_unloaded_and_select_marked_as_torch_would():
     before = set(vars(probe))
     marked = torch.compiler.assume_constant_result(probe)
     added = {k: v for k, v in vars(marked).items() if k not in before}
-    assert added and all(getattr(backends.select, k, None) == v for k, v in added.items()), added
+    assert added and all(getattr(backends._choose, k, None) == v for k, v in added.items()), added
+
+
+def test_compiled_function_follows_a_later_backend_switch():
+    """A graph compiled under one backend is not reused under another: use() is guarded."""
+    if backends._extension_error() is not None:
+        pytest.skip("no compiled extension")
+    x, c = torch.randn(1, 8, 3), torch.randn(1, 2, 3)
+    compiled = torch.compile(lambda x, c: predkern.convlstm_gates(x, c)[0], fullgraph=True, backend="eager")
+    with backends.use("cpu"):
+        want = compiled(x, c)
+    with backends.use("cuda"), pytest.raises(Exception, match="'cuda' was requested but cannot run"):
+        compiled(x, c)
+    with backends.use("reference"):
+        torch.testing.assert_close(compiled(x, c), want)
+    with backends.use("cpu"):
+        torch.testing.assert_close(compiled(x, c), want)
