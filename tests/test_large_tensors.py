@@ -1,5 +1,5 @@
 """64-bit indexing (SPEC.md section 5): tensors over 2^31 elements, for every op. On a GPU these run with the
-`gpu` tests; on the CPU they need ~11 GB and minutes, so they are `slow` (PREDKERN_RUN_SLOW=1).
+`gpu` tests; on the CPU they need up to 16 GB and minutes, so they are `slow` (PREDKERN_RUN_SLOW=1).
 Each op is checked where the offsets pass 2^31, against the reference on slices cut from there
 (the ops are elementwise per position, or reduce per sample)."""
 import importlib
