@@ -19,6 +19,7 @@ from torch import nn
 import predkern
 import predkern.nn as pknn
 from predkern import backends
+from conftest import backend_device
 from peers import PeerRecurrentModel, default_dtype
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -313,7 +314,7 @@ def test_copy_of_patched_model_runs_on_its_own_weights(how, tmp_path):
 
 # -- 4. autocast ---------------------------------------------------------------------------------
 
-def _autocast_step(model, frames, mask, autocast, record=None):
+def _autocast_step(model, frames, mask, autocast, record=None, dtype=torch.bfloat16):
     """Forward and backward; returns next_frames, the loss and all gradients as one vector (both
     float64). `record` gets, per cell call, the dtypes of (c, m) in, (h, c, m) out and the deltas."""
     model.zero_grad()
@@ -326,7 +327,7 @@ def _autocast_step(model, frames, mask, autocast, record=None):
         hooks = [cell.register_forward_hook(functools.partial(hook, f"cell_list.{i}"))
                  for i, cell in enumerate(model.cell_list)]
     try:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(frames.device.type, dtype=dtype, enabled=autocast):
             next_frames, loss = model(frames, mask)
         assert torch.isfinite(loss)
         loss.backward()
@@ -339,28 +340,38 @@ def _autocast_step(model, frames, mask, autocast, record=None):
     return next_frames, loss.detach().double(), torch.cat([g.double().flatten() for g in grads])
 
 
+AUTOCAST = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16")] + [
+    pytest.param(backend, dtype, id=f"{backend}-{str(dtype)[6:]}", marks=pytest.mark.gpu)
+    for backend in ("cuda", "triton") for dtype in (torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("backend,dtype", AUTOCAST)
 @pytest.mark.parametrize("layer_norm", [0, 1], ids=["plain", "layer_norm"])
-def test_predrnn_v2_autocast_bf16_training_step(layer_norm):
-    """Under CPU bf16 autocast the convs give bf16 gates, the cell states c and m stay float32 and
-    h takes the gates' dtype (SPEC.md section 5); the fused model's loss and gradients are no
+def test_predrnn_v2_autocast_training_step(layer_norm, backend, dtype):
+    """Under bf16 / fp16 autocast the convs give half gates, the cell states c and m stay float32
+    and h takes the gates' dtype (SPEC.md section 5); the fused model's loss and gradients are no
     further from the float64 model than plain PyTorch (predkern's reference backend) under the
     same autocast: |fused - ref64| <= 2 |plain - ref64| + atol."""
+    device = backend_device(backend)
+    if backends.unavailable_reason(backend, device):
+        pytest.skip(backends.unavailable_reason(backend, device))
     torch.manual_seed(0)
-    model = pknn.PredRNNv2(2, [4, 4], thuml_configs(layer_norm=layer_norm))
-    frames, mask = thuml_batch(dtype=torch.float32, seed=5)
+    model = pknn.PredRNNv2(2, [4, 4], thuml_configs(layer_norm=layer_norm)).to(device)
+    frames, mask = (t.to(device) for t in thuml_batch(dtype=torch.float32, seed=5))
 
     _, ref_loss, ref_grads = _autocast_step(copy.deepcopy(model).double(), frames.double(), mask.double(), False)
     record = []
-    next_frames, fused_loss, fused_grads = _autocast_step(model, frames, mask, True, record)
+    with backends.use(backend):
+        next_frames, fused_loss, fused_grads = _autocast_step(model, frames, mask, True, record, dtype)
     with backends.use("reference"):
-        _, plain_loss, plain_grads = _autocast_step(model, frames, mask, True)
+        _, plain_loss, plain_grads = _autocast_step(model, frames, mask, True, dtype=dtype)
 
-    assert next_frames.dtype == torch.bfloat16  # conv_last ran in bf16
+    assert next_frames.dtype == dtype  # conv_last ran in the autocast dtype
     assert len(record) == 2 * 4  # two layers, total_length - 1 steps
     for name, states_in, (h, c, m), deltas in record:
         assert states_in == [torch.float32, torch.float32], (name, states_in)
-        assert (h, c, m) == (torch.bfloat16, torch.float32, torch.float32), name
-        assert deltas == [torch.bfloat16, torch.bfloat16], name
+        assert (h, c, m) == (dtype, torch.float32, torch.float32), name
+        assert deltas == [dtype, dtype], name
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
     # the loss is ~0.37, where a bf16 ulp is 2**-9 ~ 2e-3: atol is a quarter of one
@@ -396,27 +407,31 @@ def _every_op_batch(B, seed):
     return frames, mask, torch.rand(B, 3, 2, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_compile_dynamic_no_recompile_across_steps_and_batch_sizes(compiler):
+@pytest.mark.parametrize("compiler,backend", [
+    ("aot_eager", "cpu"), pytest.param("inductor", "cpu", marks=pytest.mark.slow),
+    pytest.param("inductor", "cuda", marks=pytest.mark.gpu), pytest.param("inductor", "triton", marks=pytest.mark.gpu)])
+def test_compile_dynamic_no_recompile_across_steps_and_batch_sizes(compiler, backend):
     """One graph for every step and batch size under dynamic=True, no graph break, and the
     compiled loss and gradients equal eager's. The first batch size is unlike every other dim:
     dynamo gives equal sizes one symbol when it first traces (duck sizing), and a batch of 2 with
     PredNet's 2 channels would then be specialized along with them."""
-    if backends.unavailable_reason("cpu", "cpu"):
-        pytest.skip("no compiled extension")
+    device = backend_device(backend)
+    if backends.unavailable_reason(backend, device):
+        pytest.skip(backends.unavailable_reason(backend, device))
     torch.manual_seed(0)
-    model = EveryOp()
+    model = EveryOp().to(device)
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters
     counters.clear()
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=compiler)
-    for step, B in enumerate([6, 7, 9, 3, 6]):
-        batch = _every_op_batch(B, seed=step)
-        loss = compiled(*batch)
-        grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
-        assert counters["stats"]["unique_graphs"] == 1, (B, dict(counters["stats"]))
-    loss_eager = model(*batch)
-    grads_eager = torch.autograd.grad(loss_eager, list(model.parameters()), allow_unused=True)
+    with backends.use(backend):
+        for step, B in enumerate([6, 7, 9, 3, 6]):
+            batch = [t.to(device) for t in _every_op_batch(B, seed=step)]
+            loss = compiled(*batch)
+            grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+            assert counters["stats"]["unique_graphs"] == 1, (B, dict(counters["stats"]))
+        loss_eager = model(*batch)
+        grads_eager = torch.autograd.grad(loss_eager, list(model.parameters()), allow_unused=True)
     torch.testing.assert_close(loss, loss_eager, rtol=1e-5, atol=1e-6)
     for g, ge in zip(grads, grads_eager):  # OpenSTL's ConvLSTM cells never use conv_o, conv_last
         assert (g is None) == (ge is None)
