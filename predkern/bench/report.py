@@ -175,14 +175,19 @@ def plots(data: dict, out_dir: str) -> list[str]:
     ops = [op for op, n in sizes.items() if len(n) > 1]
     if not ops:
         return written
-    fig, axes = plt.subplots(1, len(ops), figsize=(5 * len(ops), 4), squeeze=False)
-    for ax, op in zip(axes[0], ops):
+    cols = min(3, len(ops))
+    rows = -(-len(ops) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(ops):]:
+        ax.set_visible(False)
+    names = list(dict.fromkeys(r["contender"] for r in ok))
+    for ax, op in zip(axes.flat, ops):
         for mode, style in zip(("forward", "forward+backward"), ("-", "--")):
-            for name in dict.fromkeys(r["contender"] for r in ok):
+            for k, name in enumerate(names):  # a colour per contender, a line style per mode
                 pts = sorted((_elements(r["dims"]), r["median_s"]) for r in ok
                              if r["contender"] == name and r["mode"] == mode and r["op"] == op)
                 if len(pts) > 1:
-                    ax.loglog(*zip(*pts), style, marker="o", label=f"{name} {mode}")
+                    ax.loglog(*zip(*pts), style, marker="o", color=f"C{k}", label=f"{name} {mode}")
         ax.set_xlabel("elements per call (terms * B * C * H * W)")
         ax.set_ylabel("median time per call (s)")
         ax.set_title(f"{op}: time against problem size", fontsize=9)
