@@ -18,7 +18,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BENCH_DEVICE="${BENCH_DEVICE:-cuda}"
 BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kth,mnist:stlstm_memory,stlstm_output,stlstm_cell
 kitti0,kitti1,mnist:prednet_error,decoupling_loss,decoupling_loss_per_term
-tiny,mnist,large:convlstm_gates}"
+tiny,mnist,large:convlstm_gates,convlstm_cell}"
 phases=("$@")
 [ ${#phases[@]} -eq 0 ] && phases=(build tests fuzz bench)
 summary=()

@@ -37,9 +37,10 @@ def test_wrong_result_is_reported_not_timed():
                                        "results": [row]})
 
 
-def test_training_iteration_case_is_checked_and_timed():
-    """predkern's PredRNN-V2 training iteration against thuml's plain model, same weights."""
-    (case,) = cases.cases(["small"], ["predrnn_v2_train"])
+@pytest.mark.parametrize("op", ["predrnn_v2_train", "convlstm_train"])
+def test_training_iteration_case_is_checked_and_timed(op):
+    """predkern's model's training iteration against the peer's plain model, same weights."""
+    (case,) = cases.cases(["small"], [op])
     rows = runner.run_group(case, ["eager", "predkern-cpu"], "forward+backward", "cpu", budget_s=0.01, min_repeats=2)
     for row in rows:
         assert row["status"] == "ok", row

@@ -123,7 +123,24 @@ def stlstm_cell_fused(x, h, c, m, w_x, w_h, w_m, w_o, w_last):
     return ops.stlstm_output(x_cat, h_cat, o_conv, last_conv), mem[:, :C], mem[:, C:], delta_c, delta_m
 
 
-# name -> (B, C, H, W, kernel size, input channels: patch_size**2 * frame channels)
+def _convlstm_cell_case(shape_name, B, C, H, W, k, Cin):
+    S = (H, W)
+    return Case("convlstm_cell", shape_name, dict(B=B, C=C, H=H, W=W, k=k, Cin=Cin),
+                _rand_inputs({"x": (B, Cin, *S), "h": (B, C, *S), "c": (B, C, *S), "w_x": (4 * C, Cin, k, k),
+                              "w_h": (4 * C, C, k, k)}, weights=("w_x", "w_h")),
+                eager=functools.partial(convlstm_cell, reference.convlstm_gates),
+                fused=functools.partial(convlstm_cell, ops.convlstm_gates), min_bytes=None)
+
+
+def convlstm_cell(gates, x, h, c, w_x, w_h):
+    """One ConvLSTM cell step (OpenSTL's: conv_x(x) + conv_h(h), gates i f g o, no forget bias),
+    convolutions included, with the gate math of `gates` (eager reference or predkern's op)."""
+    p = w_x.shape[-1] // 2
+    return gates(F.conv2d(x, w_x, padding=p), c, F.conv2d(h, w_h, padding=p))
+
+
+# name -> (B, C, H, W, kernel size, input channels: patch_size**2 * frame channels); the ConvLSTM
+# cell's too (OpenSTL's Moving MNIST config is PredRNN's)
 STLSTM_SHAPES = {
     "tiny": (1, 4, 4, 4, 3, 4),
     "small": (4, 16, 16, 16, 5, 16),
@@ -161,19 +178,18 @@ def _prednet_case(shape_name, B, C, H, W, clip_max):
                 min_bytes=5 * B * C * H * W * 4)  # reads a, a_hat; writes e (2) and a_hat_out
 
 
-def _predrnn_v2_train_case(shape_name, B, C, layers, size, k, frames_in, frames_out):
-    """A PredRNN-V2 training iteration (reverse scheduled sampling, MSE + 0.1 * decoupling loss)
-    on patch-space frames (size x size, patch 4, 1 image channel): thuml's model in eager PyTorch
-    (predkern.bench.plain_predrnn) against predkern.nn.PredRNNv2 with the very same weights,
-    passed as inputs (torch.func.functional_call). Output: the loss."""
-    from predkern.bench.plain_predrnn import PlainPredRNNv2
-    from predkern.nn import PredRNNv2, expand_mask
+def _train_case(op, plain_class, fused_class, shape_name, B, C, layers, size, k, frames_in, frames_out):
+    """A training iteration of a recurrent frame predictor (reverse scheduled sampling) on
+    patch-space frames (size x size, patch 4, 1 image channel): the peer's model in eager
+    PyTorch (predkern.bench.plain_*) against predkern.nn's with the very same weights, passed as
+    inputs (torch.func.functional_call). Output: the loss (PredRNN-V2: MSE + 0.1 * decoupling)."""
+    from predkern.nn import expand_mask
 
     T, patch = frames_in + frames_out, 4
     configs = SimpleNamespace(img_width=size * patch, img_channel=1, patch_size=patch, filter_size=k, stride=1,
                               layer_norm=0, input_length=frames_in, total_length=T, reverse_scheduled_sampling=1,
                               decouple_beta=0.1)
-    plain, fused = PlainPredRNNv2(layers, [C] * layers, configs), PredRNNv2(layers, [C] * layers, configs)
+    plain, fused = plain_class(layers, [C] * layers, configs), fused_class(layers, [C] * layers, configs)
     shapes = {name: tuple(p.shape) for name, p in plain.named_parameters()}
     weights = _rand_inputs(shapes, weights=tuple(shapes))
 
@@ -189,14 +205,29 @@ def _predrnn_v2_train_case(shape_name, B, C, layers, size, k, frames_in, frames_
             return torch.func.functional_call(model, params, (frames, mask))[1]
         return fn
 
-    return Case("predrnn_v2_train", shape_name, dict(B=B, C=C, layers=layers, H=size, W=size, k=k, T=T), make,
+    return Case(op, shape_name, dict(B=B, C=C, layers=layers, H=size, W=size, k=k, T=T), make,
                 eager=loss_of(plain), fused=loss_of(fused), min_bytes=None)
 
 
-# name -> (B, C, layers, patch-space frame size, kernel, input frames, predicted frames)
-PREDRNN_TRAIN_SHAPES = {
+def _predrnn_v2_train_case(shape_name, *dims):
+    from predkern.bench.plain_predrnn import PlainPredRNNv2
+    from predkern.nn import PredRNNv2
+
+    return _train_case("predrnn_v2_train", PlainPredRNNv2, PredRNNv2, shape_name, *dims)
+
+
+def _convlstm_train_case(shape_name, *dims):
+    from predkern.bench.plain_convlstm import PlainConvLSTM
+    from predkern.nn import ConvLSTM
+
+    return _train_case("convlstm_train", PlainConvLSTM, ConvLSTM, shape_name, *dims)
+
+
+# name -> (B, C, layers, patch-space frame size, kernel, input frames, predicted frames), for every
+# model's training iteration
+TRAIN_SHAPES = {
     "small": (2, 8, 2, 8, 3, 3, 3),
-    "train": (4, 32, 3, 16, 5, 10, 10),        # a CPU-sized PredRNN-V2 (issue 5's CPU target)
+    "train": (4, 32, 3, 16, 5, 10, 10),        # CPU-sized (issue 5's CPU target for PredRNN-V2)
     "mnist_train": (16, 128, 4, 16, 5, 10, 10),  # the paper's Moving MNIST config (64x64 frames, patch 4)
 }
 # name -> (terms, B, C, H, W)
@@ -213,10 +244,10 @@ PREDNET_SHAPES = {
     "kitti1": (4, 48, 64, 80, None),   # PredNet KITTI layer 1
 }
 OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell", "decoupling_loss",
-       "decoupling_loss_per_term", "prednet_error", "predrnn_v2_train")
+       "decoupling_loss_per_term", "prednet_error", "convlstm_cell", "predrnn_v2_train", "convlstm_train")
 DEFAULT_SHAPES = ("tiny", "small")
 FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1", "train", "mnist_train")
-ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES, **PREDRNN_TRAIN_SHAPES}
+ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES, **TRAIN_SHAPES}
 
 
 def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
@@ -229,10 +260,12 @@ def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
         raise ValueError(f"unknown ops {sorted(unknown_ops)}; known: {OPS}")
     out = [_convlstm_case(s, *CONVLSTM_SHAPES[s]) for s in shapes if s in CONVLSTM_SHAPES]
     out += [c for s in shapes if s in STLSTM_SHAPES for c in _stlstm_cases(s, *STLSTM_SHAPES[s])]
+    out += [_convlstm_cell_case(s, *STLSTM_SHAPES[s]) for s in shapes if s in STLSTM_SHAPES]
     out += [c for s in shapes if s in DECOUPLING_SHAPES for c in _decoupling_cases(s, *DECOUPLING_SHAPES[s])]
     out += [_prednet_case(s, *PREDNET_SHAPES[s]) for s in shapes if s in PREDNET_SHAPES]
-    out += [_predrnn_v2_train_case(s, *PREDRNN_TRAIN_SHAPES[s]) for s in shapes if s in PREDRNN_TRAIN_SHAPES
-            if op_names is None or "predrnn_v2_train" in op_names]
+    for op, make in (("predrnn_v2_train", _predrnn_v2_train_case), ("convlstm_train", _convlstm_train_case)):
+        if op_names is None or op in op_names:  # built only when asked for: each builds two models
+            out += [make(s, *TRAIN_SHAPES[s]) for s in shapes if s in TRAIN_SHAPES]
     return [c for c in out if op_names is None or c.op in op_names]
 
 
