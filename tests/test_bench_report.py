@@ -37,7 +37,7 @@ def test_wrong_result_is_reported_not_timed():
                                        "results": [row]})
 
 
-@pytest.mark.parametrize("op", ["predrnn_v2_train", "convlstm_train"])
+@pytest.mark.parametrize("op", ["predrnn_v2_train", "convlstm_train", "prednet_train"])
 def test_training_iteration_case_is_checked_and_timed(op):
     """predkern's model's training iteration against the peer's plain model, same weights."""
     (case,) = cases.cases(["small"], [op])

@@ -223,6 +223,40 @@ def _convlstm_train_case(shape_name, *dims):
     return _train_case("convlstm_train", PlainConvLSTM, ConvLSTM, shape_name, *dims)
 
 
+def _prednet_train_case(shape_name, B, T, channels, H, W, stack):
+    """A PredNet training iteration (coxlab's kitti_train.py: output_mode "error", L_0 loss, 3x3
+    convs, A_hat clipped at 1): the plain model (predkern/bench/plain_prednet.py, a conv per gate)
+    against predkern.nn.PredNet on its very weights. Output: the loss."""
+    from predkern.bench.plain_prednet import PlainPredNet, plain_loss
+    from predkern.nn import PredNet, prednet_loss
+
+    L = len(stack)
+    sizes = (stack, stack, (3,) * (L - 1), (3,) * L, (3,) * L)
+    plain, fused = PlainPredNet(*sizes), PredNet(*sizes, output_mode="error")
+    shapes = {name: tuple(p.shape) for name, p in plain.named_parameters()}
+    weights = _rand_inputs(shapes, weights=tuple(shapes))
+    layer_weights = [1.0] + [0.0] * (L - 1)
+
+    def make(device, dtype, requires_grad, generator):
+        frames = torch.rand(B, T, channels, H, W, generator=generator).to(device, dtype)
+        return {**weights(device, dtype, requires_grad, generator), "frames": frames}
+
+    def plain_fn(frames, **params):
+        errors = torch.func.functional_call(plain, params, (frames,))["error"]
+        return plain_loss(torch.stack(errors, 1), layer_weights)
+
+    def fused_fn(frames, **params):
+        return prednet_loss(torch.func.functional_call(fused, params, (frames,)), "L_0")
+
+    return Case("prednet_train", shape_name, dict(B=B, T=T, C=channels, H=H, W=W, layers=L), make,
+                eager=plain_fn, fused=fused_fn, min_bytes=None)
+
+
+# name -> (B, T, image channels, H, W, stack sizes)
+PREDNET_TRAIN_SHAPES = {
+    "small": (2, 4, 1, 16, 16, (1, 4, 8)),
+    "kitti_train": (4, 10, 3, 128, 160, (3, 48, 96, 192)),  # coxlab's KITTI model (kitti_train.py)
+}
 # name -> (B, C, layers, patch-space frame size, kernel, input frames, predicted frames), for every
 # model's training iteration
 TRAIN_SHAPES = {
@@ -244,10 +278,12 @@ PREDNET_SHAPES = {
     "kitti1": (4, 48, 64, 80, None),   # PredNet KITTI layer 1
 }
 OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell", "decoupling_loss",
-       "decoupling_loss_per_term", "prednet_error", "convlstm_cell", "predrnn_v2_train", "convlstm_train")
+       "decoupling_loss_per_term", "prednet_error", "convlstm_cell", "predrnn_v2_train", "convlstm_train",
+       "prednet_train")
 DEFAULT_SHAPES = ("tiny", "small")
-FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1", "train", "mnist_train")
-ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES, **TRAIN_SHAPES}
+FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1", "train", "mnist_train", "kitti_train")
+ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES, **TRAIN_SHAPES,
+              **PREDNET_TRAIN_SHAPES}
 
 
 def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
@@ -263,9 +299,11 @@ def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
     out += [_convlstm_cell_case(s, *STLSTM_SHAPES[s]) for s in shapes if s in STLSTM_SHAPES]
     out += [c for s in shapes if s in DECOUPLING_SHAPES for c in _decoupling_cases(s, *DECOUPLING_SHAPES[s])]
     out += [_prednet_case(s, *PREDNET_SHAPES[s]) for s in shapes if s in PREDNET_SHAPES]
-    for op, make in (("predrnn_v2_train", _predrnn_v2_train_case), ("convlstm_train", _convlstm_train_case)):
+    for op, make, table in (("predrnn_v2_train", _predrnn_v2_train_case, TRAIN_SHAPES),
+                            ("convlstm_train", _convlstm_train_case, TRAIN_SHAPES),
+                            ("prednet_train", _prednet_train_case, PREDNET_TRAIN_SHAPES)):
         if op_names is None or op in op_names:  # built only when asked for: each builds two models
-            out += [make(s, *TRAIN_SHAPES[s]) for s in shapes if s in TRAIN_SHAPES]
+            out += [make(s, *table[s]) for s in shapes if s in table]
     return [c for c in out if op_names is None or c.op in op_names]
 
 
