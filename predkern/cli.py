@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     bench.add_argument("--device", help="cpu or cuda (default: cuda if present)")
     bench.add_argument("--full", action="store_true", help="the paper configs instead of the small default")
     bench.add_argument("--shapes", help="comma-separated shape names (tiny, small, mnist, large, kth, kitti0, "
-                                        "kitti1, train, mnist_train)")
+                                        "kitti1, train, mnist_train, kitti_train)")
     bench.add_argument("--ops", help="comma-separated op names (default: all)")
     bench.add_argument("--backends", help="comma-separated predkern backends to time (default: all present)")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per contender")
