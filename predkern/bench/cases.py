@@ -255,6 +255,7 @@ def _prednet_train_case(shape_name, B, T, channels, H, W, stack):
 # name -> (B, T, image channels, H, W, stack sizes)
 PREDNET_TRAIN_SHAPES = {
     "small": (2, 4, 1, 16, 16, (1, 4, 8)),
+    "train": (4, 10, 3, 64, 80, (3, 16, 32, 64)),            # CPU-sized: KITTI at half size, thinner
     "kitti_train": (4, 10, 3, 128, 160, (3, 48, 96, 192)),  # coxlab's KITTI model (kitti_train.py)
 }
 # name -> (B, C, layers, patch-space frame size, kernel, input frames, predicted frames), for every
