@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from predkern.bench.plain_predrnn import PlainCellStack
+
 
 class PlainConvLSTMCell(nn.Module):
     def __init__(self, in_channel, num_hidden, height, width, filter_size, stride, layer_norm):
@@ -30,19 +32,10 @@ class PlainConvLSTMCell(nn.Module):
         return h_new, c_new
 
 
-class PlainConvLSTM(nn.Module):
+class PlainConvLSTM(PlainCellStack):
     """OpenSTL's ConvLSTM_Model with reverse scheduled sampling, on thuml-style configs."""
 
-    def __init__(self, num_layers, num_hidden, configs):
-        super().__init__()
-        self.configs, self.num_layers, self.num_hidden = configs, num_layers, num_hidden
-        self.frame_channel = configs.patch_size ** 2 * configs.img_channel
-        width = configs.img_width // configs.patch_size
-        self.cell_list = nn.ModuleList(
-            PlainConvLSTMCell(self.frame_channel if i == 0 else num_hidden[i - 1], num_hidden[i], width, width,
-                              configs.filter_size, configs.stride, configs.layer_norm) for i in range(num_layers))
-        self.conv_last = nn.Conv2d(num_hidden[-1], self.frame_channel, 1, 1, 0, bias=False)
-        self.MSE_criterion = nn.MSELoss()
+    cell_class = PlainConvLSTMCell
 
     def forward(self, frames_tensor, mask_true):
         frames = frames_tensor.permute(0, 1, 4, 2, 3).contiguous()

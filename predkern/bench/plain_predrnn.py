@@ -41,10 +41,13 @@ class PlainSTLSTMCellv2(nn.Module):
         return h_new, c_new, m_new, delta_c, delta_m
 
 
-class PlainPredRNNv2(nn.Module):
-    """thuml's `RNN` (predrnn_v2.py), with reverse scheduled sampling, on thuml-style configs
+class PlainCellStack(nn.Module):
+    """What thuml's and OpenSTL's models build alike: a stack of `cell_class` cells over
+    patch-space frames, the 1x1 conv_last read-out and the MSE loss, on thuml-style configs
     (img_width, img_channel, patch_size, filter_size, stride, layer_norm, input_length,
-    total_length, decouple_beta)."""
+    total_length)."""
+
+    cell_class: type
 
     def __init__(self, num_layers, num_hidden, configs):
         super().__init__()
@@ -52,11 +55,21 @@ class PlainPredRNNv2(nn.Module):
         self.frame_channel = configs.patch_size ** 2 * configs.img_channel
         width = configs.img_width // configs.patch_size
         self.cell_list = nn.ModuleList(
-            PlainSTLSTMCellv2(self.frame_channel if i == 0 else num_hidden[i - 1], num_hidden[i], width, width,
-                              configs.filter_size, configs.stride, configs.layer_norm) for i in range(num_layers))
+            self.cell_class(self.frame_channel if i == 0 else num_hidden[i - 1], num_hidden[i], width, width,
+                            configs.filter_size, configs.stride, configs.layer_norm) for i in range(num_layers))
         self.conv_last = nn.Conv2d(num_hidden[-1], self.frame_channel, 1, 1, 0, bias=False)
-        self.adapter = nn.Conv2d(num_hidden[0], num_hidden[0], 1, 1, 0, bias=False)
         self.MSE_criterion = nn.MSELoss()
+
+
+class PlainPredRNNv2(PlainCellStack):
+    """thuml's `RNN` (predrnn_v2.py), with reverse scheduled sampling (configs also give
+    decouple_beta)."""
+
+    cell_class = PlainSTLSTMCellv2
+
+    def __init__(self, num_layers, num_hidden, configs):
+        super().__init__(num_layers, num_hidden, configs)
+        self.adapter = nn.Conv2d(num_hidden[0], num_hidden[0], 1, 1, 0, bias=False)
 
     def forward(self, frames_tensor, mask_true):
         frames = frames_tensor.permute(0, 1, 4, 2, 3).contiguous()
