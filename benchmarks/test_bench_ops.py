@@ -14,6 +14,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = os.environ.get("PREDKERN_BENCH_SHAPES", ",".join(cases.FULL_SHAPES)).split(",")
 OPS = os.environ.get("PREDKERN_BENCH_OPS")
 CASES = cases.cases(SHAPES, OPS.split(",") if OPS else None)
+if DEVICE == "cpu":
+    runner.steady_cpu_allocator()  # as `predkern bench` runs them
 
 
 @pytest.mark.parametrize("contender", cases.contenders(torch.device(DEVICE).type))

@@ -21,6 +21,8 @@ def test_report_on_tiny_config(tmp_path):
         assert len(r["samples_s"]) >= 10 and r["median_s"] > 0
     md = (tmp_path / "REPORT.md").read_text()
     assert "convlstm_gates[tiny]" in md and "vs compile" in md and loaded["environment"]["torch"] in md
+    if loaded["environment"]["cpu_allocator"]:  # glibc: said in the report
+        assert loaded["environment"]["cpu_allocator"] in md
     assert all(os.path.exists(p) for p in paths)
     compared = report.compare(str(tmp_path / "results.json"), str(tmp_path / "results.json"))
     assert "1.00x" in compared

@@ -66,6 +66,7 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0) -> 
     device = torch.device(device)
     selected = case_defs.cases(shapes, op_names)
     names = case_defs.contenders(device.type, backend_names)
+    allocator = runner.steady_cpu_allocator() if device.type == "cpu" else None
     jobs = [(c, m) for c in selected for m in case_defs.MODES]
     progress = Progress(len(jobs))
     results = []
@@ -78,7 +79,9 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0) -> 
         if r["status"] == "ok" and r["mode"] == "forward" and case.min_bytes:
             r["gbps"] = case.min_bytes / r["median_s"] / 1e9
             r["clone_gbps"] = case.min_bytes / clone[r["case"]] / 1e9
-    return {"environment": environment(device), "backends": backends.status(), "results": results}
+    env = environment(device)
+    env["cpu_allocator"] = allocator
+    return {"environment": env, "backends": backends.status(), "results": results}
 
 
 def _fmt_time(s):
@@ -105,7 +108,9 @@ def markdown(data: dict) -> str:
              "result is reported, not timed). *vs eager* / *vs compile* are speedups (>1 is faster). "
              "GB/s counts the fewest bytes a fused forward must move, against a `clone()` of as many bytes. "
              "Launches (device kernels per call) and peak memory (allocated at the peak of one call beyond "
-             "what was allocated before it) are measured on a GPU only.",
+             "what was allocated before it) are measured on a GPU only."
+             + (f" CPU allocator for every contender: {env['cpu_allocator']} (so that one contender's frees do "
+                "not make the next page-fault its allocations in anew)." if env.get("cpu_allocator") else ""),
              ""]
     rows = data["results"]
     for case in dict.fromkeys(r["case"] for r in rows):

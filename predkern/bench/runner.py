@@ -1,7 +1,9 @@
 """Times one (case, mode, contender) after checking its result against the float64 reference."""
 from __future__ import annotations
 
+import ctypes
 import statistics
+import sys
 import time
 
 import torch
@@ -9,6 +11,24 @@ import torch
 from predkern.bench.cases import Case, callable_for, contender_backend
 
 TOLERANCE = 1e-5  # float32 max abs error relative to the output's scale (SPEC.md section 5)
+
+
+def steady_cpu_allocator() -> str | None:
+    """Fixes glibc malloc's mmap threshold at its maximum (32 MiB) and turns off heap trimming, so
+    memory one contender frees is reused by the next rather than returned to the OS and page-faulted
+    in again. The rounds interleave contenders whose allocation patterns differ, which a training
+    loop (one pattern, repeated) does not; on a GPU PyTorch's caching allocator does the same.
+    For every contender alike; returns what was set, for the report (None where not glibc)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not (libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)):
+        return None
+    return "glibc malloc: mmap threshold 32 MiB, no heap trimming"
 
 
 def _sync(device):
