@@ -408,8 +408,9 @@ def _every_op_batch(B, seed):
 
 
 @pytest.mark.parametrize("compiler,backend", [
-    ("aot_eager", "cpu"), pytest.param("inductor", "cpu", marks=pytest.mark.slow),
-    pytest.param("inductor", "cuda", marks=pytest.mark.gpu), pytest.param("inductor", "triton", marks=pytest.mark.gpu)])
+    ("aot_eager", "cpu"), pytest.param("inductor", "cpu", marks=pytest.mark.slow)] + [
+    pytest.param(compiler, backend, marks=[pytest.mark.gpu] + ([pytest.mark.slow] if compiler == "inductor" else []))
+    for compiler in ("aot_eager", "inductor") for backend in ("cuda", "triton")])
 def test_compile_dynamic_no_recompile_across_steps_and_batch_sizes(compiler, backend):
     """One graph for every step and batch size under dynamic=True, no graph break, and the
     compiled loss and gradients equal eager's. The first batch size is unlike every other dim:
