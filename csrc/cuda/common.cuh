@@ -100,19 +100,13 @@ PK_HD T sigmoid_backward(T grad, T y) { return grad * (T(1) - y) * y; }
 
 // a * b rounded before any add that follows: nvcc would fuse `z + a * b` into one fma, where
 // eager rounds the product first (it matters next to hard_sigmoid's kinks).
-PK_HD float mul_rn(float a, float b) {
+template <typename T>
+PK_HD T mul_rn(T a, T b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
+  if constexpr (sizeof(T) == sizeof(float)) return __fmul_rn(a, b);
+  else return __dmul_rn(a, b);
 #else
-  volatile float m = a * b;
-  return m;
-#endif
-}
-PK_HD double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  volatile double m = a * b;
+  volatile T m = a * b;  // the host emulation: a store rounds the product
   return m;
 #endif
 }

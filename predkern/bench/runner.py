@@ -18,7 +18,8 @@ def steady_cpu_allocator() -> str | None:
     memory one contender frees is reused by the next rather than returned to the OS and page-faulted
     in again. The rounds interleave contenders whose allocation patterns differ, which a training
     loop (one pattern, repeated) does not; on a GPU PyTorch's caching allocator does the same.
-    For every contender alike; returns what was set, for the report (None where not glibc)."""
+    For every contender alike, and for the rest of the process; returns what was set, for the
+    report (None where not glibc)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
