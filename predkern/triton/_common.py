@@ -18,6 +18,10 @@ import triton.language as tl
 _TILE = 1024          # elements per program
 _MAX_CH_BLOCK = 256   # widest channel tile in the channels-contiguous layout
 _NUM_WARPS = 4
+# Launches pass enable_fp_fusion explicitly: a * b + c contracted into an fma, as nvcc's default
+# in csrc/cuda, whatever Triton's default (Triton 3.9 warns that it flips in 3.10). The ConvLSTM
+# kernels pass False instead: their hard-sigmoid clamp boundaries must land where eager's do.
+_FP_FUSION = True
 _INT32_MAX = 2**31 - 1
 
 

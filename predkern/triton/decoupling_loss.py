@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (_INT32_MAX, _NUM_WARPS, _TILE, _geometry, _ld, _s3, _st64, _tile,
+from ._common import (_FP_FUSION, _INT32_MAX, _NUM_WARPS, _TILE, _geometry, _ld, _s3, _st64, _tile,
                       on_tensors_device)
 
 __all__ = ["forward", "backward"]
@@ -181,9 +181,10 @@ def forward(x, y, row_coefs, loss) -> None:
         *_s3(x, False), *_s3(y, False),
         1.0 / R,
         HAS_K=row_coefs is not None, CH_FAST=ch_fast, LARGE=large,
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )
-    _decoupling_mean_kernel[(1,)](abs_cos, loss, R, BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
+    _decoupling_mean_kernel[(1,)](abs_cos, loss, R, BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS,
+                                  enable_fp_fusion=_FP_FUSION)
 
 
 @on_tensors_device
@@ -205,5 +206,6 @@ def backward(grad_loss, x, y, row_coefs, grad_x, grad_y) -> None:
         grad_loss, x, y, row_coefs, grad_x, grad_y,
         C, S2, n_ct, n_st,
         *_s3(x, fold), *_s3(y, fold), *_s3(k, fold), *_s3(grad_x, fold), *_s3(grad_y, fold),
-        CH_FAST=ch_fast, LARGE=large, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        CH_FAST=ch_fast, LARGE=large, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )

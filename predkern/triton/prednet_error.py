@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (_INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st,
+from ._common import (_FP_FUSION, _INT32_MAX, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _st,
                       _st64, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
@@ -217,11 +217,12 @@ def forward(a, a_hat, e, a_hat_out, e_mean, relu_a_hat, clip_max, target_first) 
         _clip_arg(clip_max),
         RELU=bool(relu_a_hat), HAS_CLIP=clip_max is not None, TARGET_FIRST=bool(target_first),
         HAS_MEAN=has_mean, CH_FAST=ch_fast, LARGE=large, CDT=_compute_dtype(a, a_hat),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )
     if has_mean:
         _prednet_error_mean_kernel[(N,)](
-            partial, e_mean, n_ct * n_st, 2 * C * S, BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS)
+            partial, e_mean, n_ct * n_st, 2 * C * S, BLOCK=_SUM_BLOCK, num_warps=_NUM_WARPS,
+            enable_fp_fusion=_FP_FUSION)
 
 
 @on_tensors_device
@@ -250,5 +251,5 @@ def backward(grad_e, grad_a_hat_out, grad_e_mean, a, a_hat, grad_a, grad_a_hat, 
         HAS_GE=grad_e is not None, HAS_GO=grad_a_hat_out is not None, HAS_GM=gm is not None,
         RELU=bool(relu_a_hat), HAS_CLIP=clip_max is not None, TARGET_FIRST=bool(target_first),
         CH_FAST=ch_fast, LARGE=large, CDT=_compute_dtype(a, a_hat),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )

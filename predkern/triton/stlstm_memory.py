@@ -28,7 +28,7 @@ rather than 0 * (a possibly non-finite saved value).
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _sigmoid,
+from ._common import (_FP_FUSION, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _scalar, _sigmoid,
                       _sigmoid_bwd, _st, _tanh, _tanh_bwd, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
@@ -227,7 +227,7 @@ def forward(x_cat, h_cat, m_cat, c, m, mem, delta_c, delta_m, gates, *, forget_b
         float(forget_bias),
         HAS_DC=delta_c is not None, HAS_DM=delta_m is not None, HAS_GATES=gates is not None,
         CH_FAST=ch_fast, LARGE=large, CDT=_compute_dtype(c, m),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )
 
 
@@ -261,5 +261,5 @@ def backward(grad_mem, grad_delta_c, grad_delta_m, gates, c, m,
         HAS_GMEM=grad_mem is not None, HAS_GDC=grad_delta_c is not None,
         HAS_GDM=grad_delta_m is not None,
         CH_FAST=ch_fast, LARGE=large, CDT=_compute_dtype(c, m),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )

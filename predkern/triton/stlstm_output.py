@@ -21,7 +21,7 @@ propagate alike; it writes the zero blocks of grad_x_cat (0..5) and grad_h_cat (
 import triton
 import triton.language as tl
 
-from ._common import (_NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _sigmoid, _sigmoid_bwd, _st,
+from ._common import (_FP_FUSION, _NUM_WARPS, _compute_dtype, _geometry, _ld, _s3, _sigmoid, _sigmoid_bwd, _st,
                       _tanh, _tanh_bwd, _tile, on_tensors_device)
 
 __all__ = ["forward", "backward"]
@@ -116,7 +116,7 @@ def forward(x_cat, h_cat, o_conv, last_conv, h_new, o_gate, tanh_last=None) -> N
         *_s3(h_new, fold), *_s3(o_gate, fold), *_s3(tanh_last, fold),
         HAS_O=o_gate is not None, HAS_T=tanh_last is not None, CH_FAST=ch_fast, LARGE=large,
         CDT=_compute_dtype(x_cat, h_cat, o_conv, last_conv),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )
 
 
@@ -141,5 +141,5 @@ def backward(grad_h, o_gate, tanh_last, grad_x_cat, grad_h_cat, grad_o_conv, gra
         *_s3(grad_x_cat, fold), *_s3(grad_h_cat, fold), *_s3(grad_o_conv, fold),
         *_s3(grad_last_conv, fold),
         CH_FAST=ch_fast, LARGE=large, CDT=_compute_dtype(grad_h, o_gate, tanh_last),
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS, enable_fp_fusion=_FP_FUSION,
     )
