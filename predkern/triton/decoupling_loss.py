@@ -106,15 +106,32 @@ def _decoupling_rows_kernel(
     sxx = tl.sum(acc_xx, axis=1, keep_dims=True)  # (BLOCK_C, 1)
     syy = tl.sum(acc_yy, axis=1, keep_dims=True)
     sxy = tl.sum(acc_xy, axis=1, keep_dims=True)
-
-    abs_cos, k0, k1, k2, k3 = _decoupling_row(sxx, syy, sxy, inv_rows, HAS_K)
     r = b * C + ch  # row index n*C + c, (BLOCK_C, 1)
-    tl.store(abs_cos_ptr + r, abs_cos, mask=cmask)
     if HAS_K:
-        tl.store(k_ptr + 4 * r, k0, mask=cmask)
-        tl.store(k_ptr + (4 * r + 1), k1, mask=cmask)
-        tl.store(k_ptr + (4 * r + 2), k2, mask=cmask)
-        tl.store(k_ptr + (4 * r + 3), k3, mask=cmask)
+        # The sums sit in the loads' layout: with channels contiguous a thread holds up to 8
+        # rows (one vector), and the coefficients' dozen float64 divisions per row would take
+        # 255 registers and spill. The sums go out to the row's k slots and come back one row
+        # per thread (a fresh 1-D layout); the barriers order the two trips within the block.
+        tl.store(k_ptr + 4 * r, sxx, mask=cmask)
+        tl.store(k_ptr + (4 * r + 1), syy, mask=cmask)
+        tl.store(k_ptr + (4 * r + 2), sxy, mask=cmask)
+        tl.debug_barrier()
+        ch1 = (tl.program_id(0) % n_ct) * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask1 = ch1 < C
+        r1 = b * C + ch1
+        sxx1 = tl.load(k_ptr + 4 * r1, mask=cmask1, other=0.0)
+        syy1 = tl.load(k_ptr + (4 * r1 + 1), mask=cmask1, other=0.0)
+        sxy1 = tl.load(k_ptr + (4 * r1 + 2), mask=cmask1, other=0.0)
+        tl.debug_barrier()  # every copy of a row is read before any is overwritten
+        abs_cos, k0, k1, k2, k3 = _decoupling_row(sxx1, syy1, sxy1, inv_rows, True)
+        tl.store(abs_cos_ptr + r1, abs_cos, mask=cmask1)
+        tl.store(k_ptr + 4 * r1, k0, mask=cmask1)
+        tl.store(k_ptr + (4 * r1 + 1), k1, mask=cmask1)
+        tl.store(k_ptr + (4 * r1 + 2), k2, mask=cmask1)
+        tl.store(k_ptr + (4 * r1 + 3), k3, mask=cmask1)
+    else:
+        abs_cos, _, _, _, _ = _decoupling_row(sxx, syy, sxy, inv_rows, False)
+        tl.store(abs_cos_ptr + r, abs_cos, mask=cmask)
 
 
 @triton.jit
