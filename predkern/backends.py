@@ -1,7 +1,8 @@
 """Which backend runs an op: what is available here, the automatic choice, and the override.
 
 Backends: ``reference`` (pure PyTorch, always there), ``cpu`` and ``cuda`` (the compiled extension
-predkern._C), ``triton`` (Triton kernels; on CPU tensors only under ``TRITON_INTERPRET=1``).
+predkern._C), ``triton`` (Triton kernels, Triton 3.6 or later; on CPU tensors only under
+``TRITON_INTERPRET=1``).
 Automatic choice: CUDA tensors -> cuda, else triton; CPU tensors -> cpu. When the automatic
 choice is missing, predkern warns once and falls back to ``reference``. A requested backend (the
 ``PREDKERN_BACKEND`` environment variable, read at import, or ``with predkern.backends.use(name)``)
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import os
+import re
 import warnings
 
 import torch
@@ -29,9 +32,29 @@ def _extension_error() -> str | None:
     return None
 
 
+# The oldest Triton whose compiler takes every predkern kernel (see pyproject.toml).
+MIN_TRITON = (3, 6)
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_version() -> tuple[int, ...] | None:
+    """Triton's installed version from its metadata (no import), None when unknown."""
+    for dist in ("triton", "pytorch-triton"):
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return None
+
+
 def _triton_error(device_type: str) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed"
+    version = _triton_version()
+    if version is not None and version < MIN_TRITON:
+        return (f"triton {'.'.join(map(str, version))} is older than "
+                f"{'.'.join(map(str, MIN_TRITON))}, the oldest that compiles predkern's kernels")
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
     if device_type not in ("cpu", "cuda"):

@@ -75,6 +75,17 @@ def test_automatic_fallback_warns_once(monkeypatch):
     torch.testing.assert_close(h, predkern.reference.convlstm_gates(x, c)[0])
 
 
+@pytest.mark.parametrize("version, usable", [((3, 1), False), ((3, 5), False), ((3, 6), True), ((4, 0), True)])
+def test_triton_older_than_the_minimum_is_unavailable(monkeypatch, version, usable):
+    if backends._triton_error("cpu") is not None:
+        pytest.skip(f"triton unavailable here: {backends._triton_error('cpu')}")
+    monkeypatch.setattr(backends, "_triton_version", lambda: version)
+    reason = backends.unavailable_reason("triton", "cuda")
+    assert (reason is None) == usable
+    if not usable:
+        assert f"triton {version[0]}.{version[1]} is older than 3.6" in reason
+
+
 def _run_python(code, **env):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=300)

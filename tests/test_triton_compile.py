@@ -26,12 +26,12 @@ KERNELS = sorted(name for src in (pathlib.Path(__file__).parents[1] / "predkern"
 
 
 def _launcher_internals_missing():
-    """The worker drives Triton's launcher internals (Triton 3.4 and later); None when present."""
+    """The worker drives Triton's launcher internals (Triton 3.6 to 3.9 have them); None when present."""
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
         from triton.compiler import ASTSource, make_backend  # noqa: F401
         from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: F401
-        triton.knobs.compilation.instrumentation_mode  # noqa: B018
+        triton.knobs.compilation  # noqa: B018
     except (ImportError, AttributeError) as e:
         return str(e)
     return None if hasattr(JITFunction, "_pack_args") else "JITFunction._pack_args"

@@ -57,8 +57,9 @@ def _resources(cubin: bytes) -> dict:
 def _compile_instead_of_launch(self, *args, grid, warmup, **kwargs):
     """JITFunction.run's binding and specialization for TARGET, then a compile and no launch."""
     kwargs["debug"] = kwargs.get("debug", self.debug) or triton.knobs.runtime.debug
-    kwargs["instrumentation_mode"] = triton.knobs.compilation.instrumentation_mode
-    kwargs["fpsan_homomorphic_casts"] = triton.knobs.compilation.fpsan_homomorphic_casts
+    for knob in ("instrumentation_mode", "fpsan_homomorphic_casts"):  # Triton 3.9 adds them
+        if hasattr(triton.knobs.compilation, knob):
+            kwargs[knob] = getattr(triton.knobs.compilation, knob)
     binder = triton_jit.create_function_from_signature(self.signature, self.params, BACKEND)
     bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = self._pack_args(BACKEND, kwargs, bound_args, specialization, options)
