@@ -32,8 +32,11 @@ def _launcher_internals_missing():
         from triton.compiler import ASTSource, make_backend  # noqa: F401
         from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: F401
         triton.knobs.compilation  # noqa: B018
+        from triton.backends import backends as installed
     except (ImportError, AttributeError) as e:
         return str(e)
+    if "nvidia" not in installed:
+        return "its NVIDIA backend"
     return None if hasattr(JITFunction, "_pack_args") else "JITFunction._pack_args"
 
 
