@@ -10,8 +10,10 @@ def _info(_args) -> int:
     import predkern
     from predkern import backends
 
+    triton = backends._triton_version()
     print(f"predkern {predkern.__version__}, torch {torch.__version__}, "
           f"CUDA {torch.version.cuda or 'none'} ({'GPU present' if torch.cuda.is_available() else 'no GPU'}), "
+          f"triton {'.'.join(map(str, triton)) if triton else 'none'}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     for name, reason in backends.status().items():
         print(f"  {name:<10} {'available' if reason is None else 'missing: ' + reason}")
