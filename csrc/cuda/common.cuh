@@ -223,6 +223,9 @@ inline double stacked_numel(int64_t B, int64_t k, int64_t C, int64_t S) {
 
 // int32 indexing is safe when the widest view's element count and every reachable offset fit.
 inline bool fits_i32(double widest_numel, std::initializer_list<double> reaches) {
+#ifdef PREDKERN_CUDA_INDEX64_ONLY  // tests/cuda_emulation: the 64-bit path on small tensors
+  return false;
+#endif
   if (widest_numel > kI32Max) return false;
   for (double x : reaches)
     if (x > kI32Max) return false;

@@ -1,0 +1,103 @@
+"""The CUDA kernels (csrc/cuda/*.cu) run here, on the CPU, through the test suite.
+
+No GPU is needed: tests/cuda_emulation/build.py compiles the .cu sources with g++ against an
+emulated CUDA runtime (blocks in turn, a block's threads as fibers that meet at __syncthreads) and
+links them in place of the CPU kernels, so every test of the cpu backend, run in a subprocess
+against that build, checks the CUDA kernels' indexing, layouts, dtypes, reductions and gradients
+against the float64 reference. Three runs:
+  index32  the whole CPU test suite (but Triton's), threads in order;
+  index64  the op tests on the 64-bit index path, threads between barriers in reverse order;
+  asan     the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
+           between barriers and at most two blocks per launch (the grid-stride loops turn).
+What it cannot show: the device's own arithmetic (fast-math intrinsics, fma contraction), true
+concurrency between warps, and speed; those are owed to the `gpu` tests.
+"""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+_spec = importlib.util.spec_from_file_location("cuda_emulation_build",
+                                               os.path.join(TESTS, "cuda_emulation", "build.py"))
+emu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(emu)
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or emu.cuda_include_dir() is None,
+    reason="needs Linux (ucontext) and the CUDA toolkit's headers (cuda_fp16.h)")
+
+OP_TESTS = ["test_convlstm_gates.py", "test_stlstm_ops.py", "test_decoupling_loss.py",
+            "test_prednet_error.py", "test_fuzz.py", "test_bad_input.py", "test_determinism.py",
+            "test_output_layout.py", "test_stlstm_cell.py", "test_nn_cells.py"]
+
+RUNS = {  # name: (variant, emulator settings, pytest selection)
+    "index32": ("index32", {"PK_EMU_ORDER": "forward"},
+                ["-m", "not interpreter and not gpu", "-k", "not triton",
+                 "--ignore", os.path.join(TESTS, "test_triton_compile.py"),
+                 "--ignore", os.path.join(TESTS, "test_examples.py"),
+                 "--ignore", os.path.abspath(__file__), TESTS]),
+    "index64": ("index64", {"PK_EMU_ORDER": "reverse"},
+                ["-k", "cpu"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
+    "asan": ("asan", {"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"},
+             ["-k", "cpu and not compile"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
+}
+
+# Each op forward and backward on the cpu backend: the emulated launches must grow with each.
+ROUTING = textwrap.dedent("""
+    import sys, torch, predkern
+    from predkern import ops
+    from op_table import OPS, inputs
+    assert predkern.__file__.startswith(sys.argv[1]), predkern.__file__
+    for op in OPS:
+        x = {k: v.requires_grad_() for k, v in inputs(op).items()}
+        before = torch.ops.predkern_emulation.launches()
+        with predkern.backends.use("cpu"):
+            out = getattr(ops, op)(**x)
+            out = out if isinstance(out, tuple) else (out,)
+            sum(o.float().sum() for o in out if o.numel()).backward()
+        launched = torch.ops.predkern_emulation.launches() - before
+        assert launched >= 2, (op, launched)
+        print(op, launched, "emulated launches")
+""")
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cuda_emulation")
+    r = subprocess.run([sys.executable, os.path.join(TESTS, "cuda_emulation", "build.py"), str(out)],
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-8000:]
+    return out
+
+
+def environment(emulated, variant, settings):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(emulated / variant), TESTS])
+    env.update(settings)
+    if variant == "asan":
+        env.update(emu.asan_environment())
+    return env
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_cuda_kernels_pass_the_cpu_tests(emulated, run, tmp_path):
+    variant, settings, selection = RUNS[run]
+    if not (emulated / variant).exists():
+        pytest.skip(f"the {variant} variant was not built (no AddressSanitizer runtime)")
+    env = environment(emulated, variant, settings)
+    # From a directory outside the checkout, so `predkern` is the emulated copy.
+    r = subprocess.run([sys.executable, "-c", ROUTING, str(emulated / variant)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", ROOT, *selection],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-6000:]
+    passed = int(re.search(r"(\d+) passed", r.stdout).group(1))
+    assert passed >= 300, r.stdout[-2000:]  # the selection did select the suite
