@@ -55,10 +55,16 @@ def compiles(tmp_path_factory):
         runs.append((out, subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                            text=True)))
     records = []
-    for out, proc in runs:
-        log = proc.communicate(timeout=1800)[0]
-        assert proc.returncode == 0, f"{WORKER.name} {out.stem} failed:\n{log[-4000:]}"
-        records += json.loads(out.read_text())
+    try:
+        for out, proc in runs:
+            log = proc.communicate(timeout=1800)[0]
+            assert proc.returncode == 0, f"{WORKER.name} {out.stem} failed:\n{log[-4000:]}"
+            records += json.loads(out.read_text())
+    finally:  # a failed or timed-out pass leaves no worker behind
+        for _, proc in runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return records
 
 
