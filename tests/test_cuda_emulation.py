@@ -1,16 +1,18 @@
-"""The CUDA kernels (csrc/cuda/*.cu) run here, on the CPU, through the test suite.
+"""The CUDA kernels (csrc/cuda/*.cu) run here, on the CPU, through the test suite; and the CPU
+kernels run it under AddressSanitizer.
 
 No GPU is needed: tests/cuda_emulation/build.py compiles the .cu sources with g++ against an
 emulated CUDA runtime (blocks in turn, a block's threads as fibers that meet at __syncthreads) and
 links them in place of the CPU kernels, so every test of the cpu backend, run in a subprocess
 against that build, checks the CUDA kernels' indexing, layouts, dtypes, reductions and gradients
-against the float64 reference. Three runs:
-  index32  the whole CPU test suite (but Triton's), threads in order;
-  index64  the op tests on the 64-bit index path, threads between barriers in reverse order;
-  asan     the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
-           between barriers and at most two blocks per launch (the grid-stride loops turn).
-What it cannot show: the device's own arithmetic (fast-math intrinsics, fma contraction), true
-concurrency between warps, and speed; those are owed to the `gpu` tests.
+against the float64 reference. The runs:
+  index32   the whole CPU test suite (but Triton's), threads in order;
+  index64   the op tests on the 64-bit index path, threads between barriers in reverse order;
+  asan      the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
+            between barriers and at most two blocks per launch (the grid-stride loops turn);
+  cpu_asan  the op tests on the real CPU kernels, under AddressSanitizer (vector tails, threads).
+What the emulation cannot show: the device's own arithmetic (fast-math intrinsics, fma
+contraction), true concurrency between warps, and speed; those are owed to the `gpu` tests.
 """
 import importlib.util
 import os
@@ -46,6 +48,7 @@ RUNS = {  # name: (variant, emulator settings, pytest selection)
                 ["-k", "cpu"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
     "asan": ("asan", {"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"},
              ["-k", "cpu and not compile"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
+    "cpu_asan": ("cpu_asan", {}, ["-k", "cpu and not compile"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
 }
 
 # Each op forward and backward on the cpu backend runs the CUDA kernels, and launches what its
@@ -56,6 +59,8 @@ ROUTING = textwrap.dedent("""
     from predkern import ops
     from op_table import OPS, inputs
     assert predkern.__file__.startswith(sys.argv[1]), predkern.__file__
+    if sys.argv[2] == "cpu":
+        sys.exit()  # the real CPU kernels: nothing emulated
     launches = torch.ops.predkern_emulation.launches
     expected = {"convlstm_gates": (1, 1), "stlstm_memory": (1, 1), "stlstm_output": (1, 1),
                 "decoupling_loss": (2, 1), "prednet_error": (1, 1), "prednet_error_mean": (2, 1)}
@@ -86,19 +91,20 @@ def environment(emulated, variant, settings):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(emulated / variant), TESTS])
     env.update(settings)
-    if variant == "asan":
+    if variant.endswith("asan"):
         env.update(emu.asan_environment())
     return env
 
 
 @pytest.mark.parametrize("run", list(RUNS))
-def test_cuda_kernels_pass_the_cpu_tests(emulated, run, tmp_path):
+def test_instrumented_build_passes_the_cpu_tests(emulated, run, tmp_path):
     variant, settings, selection = RUNS[run]
     if not (emulated / variant).exists():
-        pytest.skip(f"the {variant} variant was not built (no AddressSanitizer runtime)")
+        pytest.skip(f"the {variant} build was skipped (the compiler has no AddressSanitizer runtime)")
     env = environment(emulated, variant, settings)
     # From a directory outside the checkout, so `predkern` is the emulated copy.
-    r = subprocess.run([sys.executable, "-c", ROUTING, str(emulated / variant)], cwd=tmp_path, env=env,
+    kernels = emu.VARIANTS[variant][0]
+    r = subprocess.run([sys.executable, "-c", ROUTING, str(emulated / variant), kernels], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

@@ -1,19 +1,20 @@
-"""Builds copies of the predkern package whose CPU ops run the CUDA kernels, emulated on the CPU.
+"""Builds instrumented copies of the predkern package: the CUDA kernels emulated on the CPU, and
+the CPU kernels under AddressSanitizer.
 
     python tests/cuda_emulation/build.py OUT_DIR
 
 OUT_DIR/<variant>/predkern is then the package with an extension linked from the torch glue
-(csrc/*.cpp), copies of csrc/cuda/*.cu compiled by g++ against the emulated runtime
-(cuda_runtime.h here, each `<<<...>>>` launch rewritten as a call), and entry_points.cpp in place
-of the CPU kernels (csrc/cpu). Variants:
-  index32  the kernels as they are;
-  index64  the 64-bit index path on every tensor (PREDKERN_CUDA_INDEX64_ONLY), which only tensors
-           past 2^31 elements take otherwise;
-  asan     index32 with AddressSanitizer in the kernels: an access past a tensor aborts, naming the
-           line (run with ASAN_LIBRARIES preloaded, see asan_environment()); built only where
-           the compiler has it.
-With one of them first on PYTHONPATH, every test of the cpu backend tests the CUDA kernels
-(tests/test_cuda_emulation.py does that).
+(csrc/*.cpp) and, per variant:
+  index32   copies of csrc/cuda/*.cu compiled by g++ against the emulated runtime (cuda_runtime.h
+            here, each `<<<...>>>` launch rewritten as a call), and entry_points.cpp in place of
+            the CPU kernels, so CPU tensors run the CUDA kernels;
+  index64   the same on the 64-bit index path for every tensor (PREDKERN_CUDA_INDEX64_ONLY), which
+            only tensors past 2^31 elements take otherwise;
+  asan      index32 with AddressSanitizer in the kernels: an access past a tensor aborts, naming
+            the line;
+  cpu_asan  the CPU kernels (csrc/cpu) under AddressSanitizer.
+The asan variants are built only where the compiler has the runtime; a Python that loads one
+needs asan_environment(). tests/test_cuda_emulation.py runs the cpu backend's tests on each.
 """
 
 import os
@@ -27,12 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CSRC = os.path.join(ROOT, "csrc")
-# variant -> (defines in each kernel unit, extra compile flags of the kernel units, link flags)
+# variant -> (kernels, defines in each emulated CUDA unit, kernel units' extra flags, link flags)
 ASAN = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
 VARIANTS = {
-    "index32": ("", [], []),
-    "index64": ("#define PREDKERN_CUDA_INDEX64_ONLY 1\n", [], []),
-    "asan": ("", ASAN, ["-fsanitize=address"]),
+    "index32": ("cuda", "", [], []),
+    "index64": ("cuda", "#define PREDKERN_CUDA_INDEX64_ONLY 1\n", [], []),
+    "asan": ("cuda", "", ASAN, ["-fsanitize=address"]),
+    "cpu_asan": ("cpu", "", ASAN + ["-fopenmp"], ["-fsanitize=address", "-fopenmp"]),
 }
 
 # kernel<...><<<grid, block, smem, stream>>>(  ->  ::pk_emu::launch(kernel<...>, grid, block, smem, stream)(
@@ -61,7 +63,7 @@ def asan_library():
 
 
 def asan_environment():
-    """Environment for a Python that loads the asan variant: the runtime preloaded (with libstdc++,
+    """Environment for a Python that loads an asan variant: the runtime preloaded (with libstdc++,
     whose exceptions it intercepts), leaks and fiber-stack checks off (Python's and ucontext's)."""
     stdcxx = subprocess.run(["c++", "-print-file-name=libstdc++.so"], capture_output=True, text=True).stdout.strip()
     return {"LD_PRELOAD": f"{asan_library()} {stdcxx}",
@@ -94,12 +96,16 @@ def main(out_dir: str) -> None:
     ldflags = ["-shared"] + [f"-L{d}" for d in cpp_extension.library_paths()]
     ldflags += ["-lc10", "-ltorch_cpu", "-ltorch", "-ltorch_python"]
 
-    units = {"": [os.path.join(CSRC, n) for n in sorted(os.listdir(CSRC)) if n.endswith(".cpp")]}
-    units[""].append(os.path.join(HERE, "entry_points.cpp"))
-    variants = {k: v for k, v in VARIANTS.items() if k != "asan" or asan_library()}
-    for variant, (defines, _, _) in variants.items():
-        units[variant] = []
+    glue = [os.path.join(CSRC, n) for n in sorted(os.listdir(CSRC)) if n.endswith(".cpp")]
+    units = {"glue": (glue, []), "entry_points": ([os.path.join(HERE, "entry_points.cpp")], [])}
+    variants = {k: v for k, v in VARIANTS.items() if not v[2] or asan_library()}
+    for variant, (kernels, defines, flags, _) in variants.items():
         os.makedirs(os.path.join(build, variant), exist_ok=True)
+        if kernels == "cpu":
+            units[variant] = ([os.path.join(CSRC, "cpu", n) for n in sorted(os.listdir(os.path.join(CSRC, "cpu")))
+                               if n.endswith(".cpp")], flags)
+            continue
+        units[variant] = ([], flags)
         for name in sorted(os.listdir(os.path.join(CSRC, "cuda"))):
             if name.endswith(".cu"):
                 with open(os.path.join(CSRC, "cuda", name)) as f:
@@ -109,7 +115,7 @@ def main(out_dir: str) -> None:
                     # PREDKERN_WITH_CUDA declares the *_cuda entry points in the op headers.
                     f.write('#define PREDKERN_WITH_CUDA 1\n' + defines + '#include "cuda_runtime.h"\n')
                     f.write(f'#line 1 "{os.path.join(CSRC, "cuda", name)}"\n' + text)
-                units[variant].append(path)
+                units[variant][0].append(path)
 
     def compile_unit(job):
         src, obj, extra = job
@@ -118,25 +124,25 @@ def main(out_dir: str) -> None:
             raise RuntimeError(f"compiling {src} failed:\n{r.stderr[-6000:]}")
         return obj
 
-    objects = {}
-    jobs = []
-    for variant, sources in units.items():
+    objects, jobs = {}, []
+    for unit, (sources, flags) in units.items():
+        os.makedirs(os.path.join(build, unit), exist_ok=True)
         for src in sources:
-            obj = os.path.join(build, variant, os.path.basename(src)[:-4] + ".o")
-            objects.setdefault(variant, []).append(obj)
-            jobs.append((src, obj, variants[variant][1] if variant else []))
+            obj = os.path.join(build, unit, os.path.basename(src).rsplit(".", 1)[0] + ".o")
+            objects.setdefault(unit, []).append(obj)
+            jobs.append((src, obj, flags))
     with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
         list(pool.map(compile_unit, jobs))
 
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
-    for variant, (_, _, link) in variants.items():
+    for variant, (kernels, _, _, link) in variants.items():
         pkg = os.path.join(out_dir, variant, "predkern")
         shutil.rmtree(pkg, ignore_errors=True)
         shutil.copytree(os.path.join(ROOT, "predkern"), pkg,
                         ignore=shutil.ignore_patterns("__pycache__", "_C*.so", "_C*.pyd"))
-        subprocess.run(["c++", *objects[""], *objects[variant], *ldflags, *link, "-o",
-                        os.path.join(pkg, "_C" + suffix)], check=True)
-        print(f"emulated-CUDA predkern ({variant}) in {pkg}")
+        objs = objects["glue"] + (objects["entry_points"] if kernels == "cuda" else []) + objects[variant]
+        subprocess.run(["c++", *objs, *ldflags, *link, "-o", os.path.join(pkg, "_C" + suffix)], check=True)
+        print(f"predkern ({variant}) in {pkg}")
 
 
 if __name__ == "__main__":
