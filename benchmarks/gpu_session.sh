@@ -23,7 +23,7 @@ BENCH_DEVICE="${BENCH_DEVICE:-cuda}"
 BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kth:stlstm_memory
 mnist:stlstm_cell,stlstm_output
 kitti0:prednet_error
-mnist:decoupling_loss,decoupling_loss_per_term
+mnist:decoupling_loss
 tiny,mnist:convlstm_gates}"
 phases=("$@")
 [ ${#phases[@]} -eq 0 ] && phases=(build tests bench)
