@@ -5,7 +5,8 @@ No GPU is needed: tests/cuda_emulation/build.py compiles the .cu sources with g+
 emulated CUDA runtime (blocks in turn, a block's threads as fibers that meet at __syncthreads) and
 links them in place of the CPU kernels, so every test of the cpu backend, run in a subprocess
 against that build, checks the CUDA kernels' indexing, layouts, dtypes, reductions and gradients
-against the float64 reference. The runs:
+against the float64 reference. Every run starts each tensor torch.empty makes as NaN
+(cuda_emulation/poison_empty.py), so an output element no kernel writes cannot pass. The runs:
   index32   the whole CPU test suite (but Triton's), threads in order;
   index64   the op tests on the 64-bit index path, threads between barriers in reverse order;
   asan      the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
@@ -89,7 +90,7 @@ def emulated(tmp_path_factory):
 
 def environment(emulated, variant, settings):
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(emulated / variant), TESTS])
+    env["PYTHONPATH"] = os.pathsep.join([str(emulated / variant), TESTS, os.path.join(TESTS, "cuda_emulation")])
     env.update(settings)
     if variant.endswith("asan"):
         env.update(emu.asan_environment())
@@ -107,7 +108,7 @@ def test_instrumented_build_passes_the_cpu_tests(emulated, run, tmp_path):
     r = subprocess.run([sys.executable, "-c", ROUTING, str(emulated / variant), kernels], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "poison_empty",
                         "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", ROOT, *selection],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-6000:]
