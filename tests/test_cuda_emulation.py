@@ -35,21 +35,20 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or emu.cuda_include_dir() is None,
     reason="needs Linux (ucontext) and the CUDA toolkit's headers (cuda_fp16.h)")
 
-OP_TESTS = ["test_convlstm_gates.py", "test_stlstm_ops.py", "test_decoupling_loss.py",
-            "test_prednet_error.py", "test_fuzz.py", "test_bad_input.py", "test_determinism.py",
-            "test_output_layout.py", "test_stlstm_cell.py", "test_nn_cells.py"]
+OP_TESTS = [os.path.join(TESTS, f) for f in (
+    "test_convlstm_gates.py", "test_stlstm_ops.py", "test_decoupling_loss.py", "test_prednet_error.py",
+    "test_fuzz.py", "test_bad_input.py", "test_determinism.py", "test_output_layout.py",
+    "test_stlstm_cell.py", "test_nn_cells.py")]
 
-RUNS = {  # name: (variant, emulator settings, pytest selection)
-    "index32": ("index32", {"PK_EMU_ORDER": "forward"},
+RUNS = {  # build variant: (emulator settings, pytest selection)
+    "index32": ({"PK_EMU_ORDER": "forward"},
                 ["-m", "not interpreter and not gpu", "-k", "not triton",
                  "--ignore", os.path.join(TESTS, "test_triton_compile.py"),
                  "--ignore", os.path.join(TESTS, "test_examples.py"),
                  "--ignore", os.path.abspath(__file__), TESTS]),
-    "index64": ("index64", {"PK_EMU_ORDER": "reverse"},
-                ["-k", "cpu"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
-    "asan": ("asan", {"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"},
-             ["-k", "cpu and not compile"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
-    "cpu_asan": ("cpu_asan", {}, ["-k", "cpu and not compile"] + [os.path.join(TESTS, f) for f in OP_TESTS]),
+    "index64": ({"PK_EMU_ORDER": "reverse"}, ["-k", "cpu", *OP_TESTS]),
+    "asan": ({"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"}, ["-k", "cpu and not compile", *OP_TESTS]),
+    "cpu_asan": ({}, ["-k", "cpu and not compile", *OP_TESTS]),
 }
 
 # Each op forward and backward on the cpu backend runs the CUDA kernels, and launches what its
@@ -97,9 +96,9 @@ def environment(emulated, variant, settings):
     return env
 
 
-@pytest.mark.parametrize("run", list(RUNS))
-def test_instrumented_build_passes_the_cpu_tests(emulated, run, tmp_path):
-    variant, settings, selection = RUNS[run]
+@pytest.mark.parametrize("variant", list(RUNS))
+def test_instrumented_build_passes_the_cpu_tests(emulated, variant, tmp_path):
+    settings, selection = RUNS[variant]
     if not (emulated / variant).exists():
         pytest.skip(f"the {variant} build was skipped (the compiler has no AddressSanitizer runtime)")
     env = environment(emulated, variant, settings)
