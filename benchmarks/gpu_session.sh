@@ -3,12 +3,14 @@
 # build the CUDA kernels against the torch found there, run the `gpu` tests, time the issues'
 # GPU targets, and leave everything under $OUT (logs, REPORT.md and results.json per bench group).
 #
-#   bash benchmarks/gpu_session.sh [phase ...]     phases: build tests fuzz bench train (default: build tests bench)
+#   bash benchmarks/gpu_session.sh [phase ...]     phases: build tests fuzz bench train (default: build tests bench train)
 #
 # Each phase has a time limit (seconds, overridable: BUILD_S, TESTS_S, FUZZ_S, BENCH_S, TRAIN_S) so
-# a slow one cannot eat the others' time; the default phases' limits add up to 545 s (build 150,
-# tests 120, five bench groups of 55), so the call fits a 600 s limit on a 900 s lease. The
-# table printed last says what each phase did. Copy $OUT/bench-*/ into benchmarks/results/<gpu>/.
+# a slow one cannot eat the others' time; the default phases' limits add up to 570 s (build 140,
+# tests 130, five bench groups of 48, train 60), for a 600 s call on a 900 s lease; a report is
+# rewritten after each case, so a group cut short keeps its finished cases. The table printed last
+# says what each phase did. With PACK=1 everything is packed into $OUT/gpu-session.tgz (the device
+# tool brings back 8 files at most). Copy the bench-*/ folders into benchmarks/results/<gpu>/.
 # On a machine without a GPU it still runs (BENCH_DEVICE=cpu and tiny shapes make a dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,16 +19,18 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BENCH_DEVICE="${BENCH_DEVICE:-cuda}"
-# One group per GPU target of the issues (a report each, so a timed-out group loses only itself):
-# stage 1 bandwidth (3), the ST-LSTM cell step (3), prednet_error bandwidth (4), the decoupling
-# loss (4), the ConvLSTM gates and their per-call cost (2).
-BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kth:stlstm_memory
-mnist:stlstm_cell,stlstm_output
-kitti0:prednet_error
+# One group per GPU target of the issues (a report each): stage 1 bandwidth (3), the ST-LSTM cell
+# step (3), prednet_error bandwidth (4), the decoupling loss (4), the ConvLSTM gates and their
+# per-call cost (2).
+BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kth:stlstm_memory,stlstm_output
+mnist:stlstm_cell,stlstm_memory
+kitti0,kitti1:prednet_error
 mnist:decoupling_loss
 tiny,mnist:convlstm_gates}"
+FINAL_OUT="$OUT"
+if [ "${PACK:-0}" = 1 ]; then OUT=$(mktemp -d); fi
 phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=(build tests bench)
+[ ${#phases[@]} -eq 0 ] && phases=(build tests bench train)
 summary=()
 
 phase() {  # phase NAME LIMIT_S COMMAND...: runs it with a time limit, logs to $OUT/NAME.log
@@ -55,13 +59,15 @@ cat "$OUT/versions.txt"
 for p in "${phases[@]}"; do
   case $p in
     build)  # Hopper only (the lent GPUs), all cores; -Xptxas -v puts registers and spills in the log
-      phase build "${BUILD_S:-150}" env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="$(nproc)" \
+      phase build "${BUILD_S:-140}" env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="$(nproc)" \
         NVCC_APPEND_FLAGS="-Xptxas -v" "$PY" setup.py build_ext --inplace
       "$PY" -m predkern.cli info 2>&1 | tee "$OUT/info.txt" ;;
     tests)  # the gpu tests (64-bit indexing, CUDA streams and every op on cuda and triton among them)
-      workers=()  # pytest-xdist where it is installed (the device image has it)
-      "$PY" -c "import xdist" 2> /dev/null && workers=(-n "${TEST_WORKERS:-8}")
-      phase tests "${TESTS_S:-120}" "$PY" -m pytest -q -m gpu "${workers[@]}" -p no:cacheprovider \
+      workers=()  # pytest-xdist and pytest-timeout where installed (the device image has both)
+      "$PY" -c "import xdist" 2> /dev/null && workers=(-n "${TEST_WORKERS:-12}")
+      "$PY" -c "import pytest_timeout" 2> /dev/null && workers+=(--timeout "${TEST_TIMEOUT:-60}")
+      # -rA: a line per test in the log, so a run cut short still says which passed and failed
+      phase tests "${TESTS_S:-130}" "$PY" -m pytest -q -rA -m gpu "${workers[@]}" -p no:cacheprovider \
         --junitxml="$OUT/tests.xml" ;;
     fuzz)  # fresh examples on the GPU backends (the long profile), for what is left of its limit
       ids=$("$PY" -m pytest --collect-only -q tests/test_fuzz.py 2>/dev/null | grep -E '\[(cuda|triton)-' || true)
@@ -75,17 +81,24 @@ for p in "${phases[@]}"; do
       k=0
       while IFS= read -r group; do
         k=$((k + 1))
-        phase "bench-$k" "${BENCH_S:-55}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
+        phase "bench-$k" "${BENCH_S:-48}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
           --shapes "${group%%:*}" --ops "${group#*:}" --budget "${BENCH_BUDGET:-0.3}" --out "$OUT/bench-$k"
       done <<< "$BENCH_SHAPES_OPS" ;;
-    train)  # issue 5: a PredRNN-V2 training iteration at the paper config (torch.compile takes minutes)
-      phase bench-train "${TRAIN_S:-300}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
-        --shapes "${TRAIN_SHAPES:-mnist_train}" --ops predrnn_v2_train --budget "${BENCH_BUDGET:-0.3}" \
-        --out "$OUT/bench-train" ;;
+    train)  # issue 5: a PredRNN-V2 training iteration at the paper config, fp32 and bf16 autocast
+      # (torch.compile of 20 unrolled steps takes minutes: left out unless TRAIN_COMPILE=1)
+      nocompile=(--no-compile)
+      [ "${TRAIN_COMPILE:-0}" = 1 ] && nocompile=()
+      phase bench-train "${TRAIN_S:-60}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
+        --shapes "${TRAIN_SHAPES:-mnist_train}" --ops "${TRAIN_OPS:-predrnn_v2_train}" "${nocompile[@]}" \
+        --budget "${BENCH_BUDGET:-0.3}" --out "$OUT/bench-train" ;;
     *) echo "unknown phase $p (build tests fuzz bench train)"; exit 2 ;;
   esac
 done
 
+printf '%s\n' "${summary[@]}" > "$OUT/summary.txt"
+if [ "$OUT" != "$FINAL_OUT" ]; then
+  tar czf "$FINAL_OUT/gpu-session.tgz" -C "$OUT" . && cp "$OUT/summary.txt" "$OUT/versions.txt" "$FINAL_OUT/"
+fi
 echo
-echo "== summary (logs and reports under $OUT)"
+echo "== summary (logs and reports under $FINAL_OUT)"
 printf '%s\n' "${summary[@]}"

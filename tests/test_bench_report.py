@@ -4,12 +4,16 @@ import json
 import os
 
 import pytest
+import torch
 
 from predkern.bench import cases, report, runner
 
 
 def test_report_on_tiny_config(tmp_path):
-    data = report.run_all("cpu", ["tiny"], budget_s=0.02)
+    seen = []  # rows so far, after each (case, mode): a run cut short keeps what it finished
+    data = report.run_all("cpu", ["tiny"], budget_s=0.02, partial=lambda d: seen.append(len(d["results"])))
+    assert seen == sorted(seen) and seen[-1] == len(data["results"])
+    assert len(seen) == sum(len(c.modes) for c in cases.cases(["tiny"]))
     paths = report.write(data, str(tmp_path))
     with open(tmp_path / "results.json") as f:
         loaded = json.load(f)
@@ -43,10 +47,25 @@ def test_wrong_result_is_reported_not_timed():
 def test_training_iteration_case_is_checked_and_timed(op):
     """predkern's model's training iteration against the peer's plain model, same weights."""
     (case,) = cases.cases(["small"], [op])
+    assert case.modes == cases.TRAIN_MODES
     rows = runner.run_group(case, ["eager", "predkern-cpu"], "forward+backward", "cpu", budget_s=0.01, min_repeats=2)
     for row in rows:
         assert row["status"] == "ok", row
         assert row["max_rel_error"] <= runner.TOLERANCE and row["samples_s"]
+
+
+def test_autocast_mode_runs_the_models_in_bf16_and_checks_them_against_float64():
+    """Under bf16 autocast both models run their convs in bf16 (so they differ from the float64
+    reference by more than float32 would, yet within AUTOCAST_TOLERANCE); a model off by 10% is
+    still caught."""
+    (case,) = cases.cases(["small"], ["predrnn_v2_train"])
+    rows = runner.run_group(case, ["eager", "predkern-cpu"], cases.AUTOCAST, "cpu", budget_s=0.01, min_repeats=2)
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert runner.TOLERANCE < row["max_rel_error"] <= runner.AUTOCAST_TOLERANCE, row
+    off = dataclasses.replace(case, fused=lambda **kw: case.fused(**kw) * 1.1)
+    (row,) = runner.run_group(off, ["predkern-cpu"], cases.AUTOCAST, "cpu", budget_s=0.01, min_repeats=2)
+    assert row["status"] == "wrong", row
 
 
 def test_cli_selects_writes_and_compares(tmp_path, capsys):
@@ -54,22 +73,44 @@ def test_cli_selects_writes_and_compares(tmp_path, capsys):
     from predkern import cli
 
     runs = []
-    for name in ("a", "b"):
+    for name, extra, contenders in (("a", [], {"eager", "compile", "predkern-cpu"}),
+                                    ("b", ["--no-compile"], {"eager", "predkern-cpu"})):
         out = tmp_path / name
         argv = ["bench", "--device", "cpu", "--shapes", "tiny,small", "--ops", "convlstm_gates",
-                "--backends", "cpu", "--budget", "0.01", "--out", str(out)]
+                "--backends", "cpu", "--budget", "0.01", "--out", str(out), *extra]
         assert cli.main(argv) == 0
         with open(out / "results.json") as f:
             rows = json.load(f)["results"]
         assert {r["case"] for r in rows} == {"convlstm_gates[tiny]", "convlstm_gates[small]"}
-        assert {r["contender"] for r in rows} == {"eager", "compile", "predkern-cpu"}
+        assert {r["contender"] for r in rows} == contenders
         assert all(r["status"] == "ok" and r["peak_bytes"] is None for r in rows)  # no GPU peak on a CPU
         assert (out / "speedup.png").exists() and (out / "time_vs_size.png").exists()
         runs.append(str(out / "results.json"))
     capsys.readouterr()
     assert cli.main(["bench", "--compare", *runs]) == 0
     table = capsys.readouterr().out
-    assert table.count("| convlstm_gates[") == 2 * 2 * 3  # 2 shapes x 2 modes x 3 contenders
+    assert table.count("| convlstm_gates[") == 2 * 2 * 2  # 2 shapes x 2 modes x the 2 contenders in both
+
+
+def test_gpu_columns_show_device_time_and_its_bandwidth():
+    """A GPU row's device time and device GB/s (against a clone's) get their own columns; a row
+    whose profile failed says so."""
+    env = report.environment("cpu")
+    common = dict(case="c", op="prednet_error", shape="s", dims={"B": 1}, mode="forward", status="ok",
+                  median_s=4e-5, samples_s=[4e-5], gbps=100.0, clone_gbps=200.0)
+    rows = [dict(common, contender="eager", device_s=2e-5, device_gbps=1000.0, clone_device_gbps=4000.0),
+            dict(common, contender="predkern-cuda", device_s=5e-6, device_gbps=3600.0, clone_device_gbps=4000.0),
+            dict(common, contender="predkern-triton", device_profile_error="RuntimeError: boom")]
+    md = report.markdown({"environment": env, "backends": {}, "results": rows})
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert "| device time | device GB/s (of clone) |" in table[0]
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert "| 5.0 us | 3600 (90%) |" in table[3]
+    assert "no device time: RuntimeError: boom" in table[4]
+
+
+def test_rotation_keeps_three_sets_on_a_cpu():
+    assert runner.rotation(10, "cpu") == runner.rotation(None, "cpu") == 3
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -96,5 +137,11 @@ def test_gpu_rows_count_launches_and_peak_memory():
             assert row["status"] == "ok", row
             assert isinstance(row["launches"], int) and row["launches"] >= 1
             assert isinstance(row["peak_bytes"], int) and row["peak_bytes"] > 0
+            assert 0 < row["device_s"] < row["median_s"] * 10, row
         eager, fused = rows
         assert fused["launches"] < eager["launches"]
+    # a small op rotates over enough input sets to fill 3x the L2 cache
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    assert rows[0]["input_sets"] * case.min_bytes >= min(3 * l2, 64 * case.min_bytes)
+    clone = runner.clone_baseline(2**24, "cuda")
+    assert 0 < clone["device_s"] <= clone["median_s"] * 1.5

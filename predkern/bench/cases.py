@@ -2,7 +2,8 @@
 
 A case is an op at a named shape; each is run by every contender (eager PyTorch, torch.compile of
 the same math, and every predkern backend that runs on the device) in two modes: forward
-(inference, no autograd) and forward+backward.
+(inference, no autograd) and forward+backward; a model's training iteration also in a third,
+forward+backward under bf16 autocast.
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ import torch.nn.functional as F
 from predkern import backends, ops, reference
 
 MODES = ("forward", "forward+backward")
+# A training iteration under bf16 autocast (the models' cases only): convs in bf16, cell state fp32.
+AUTOCAST = "forward+backward, bf16 autocast"
+TRAIN_MODES = MODES + (AUTOCAST,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,8 @@ class Case:
     eager: Callable                  # the op written as eager PyTorch (predkern.reference)
     fused: Callable                  # predkern's public op
     min_bytes: int | None            # the fewest bytes a fused forward can move (DESIGN.md)
+    modes: tuple = MODES            # what is timed: MODES, and for a model also AUTOCAST
+    convs: bool = False             # runs convolutions (TF32 on a GPU by PyTorch's default)
 
     @property
     def name(self) -> str:
@@ -93,7 +99,7 @@ def _stlstm_cases(shape_name, B, C, H, W, k, Cin):
                               "w_x": (7 * C, Cin, k, k), "w_h": (4 * C, C, k, k), "w_m": (3 * C, C, k, k),
                               "w_o": (C, 2 * C, k, k), "w_last": (C, 2 * C, 1, 1)},
                              weights=("w_x", "w_h", "w_m", "w_o", "w_last")),
-                eager=stlstm_cell_eager, fused=stlstm_cell_fused, min_bytes=None)
+                eager=stlstm_cell_eager, fused=stlstm_cell_fused, min_bytes=None, convs=True)
     return [memory, output, cell]
 
 
@@ -129,7 +135,7 @@ def _convlstm_cell_case(shape_name, B, C, H, W, k, Cin):
                 _rand_inputs({"x": (B, Cin, *S), "h": (B, C, *S), "c": (B, C, *S), "w_x": (4 * C, Cin, k, k),
                               "w_h": (4 * C, C, k, k)}, weights=("w_x", "w_h")),
                 eager=functools.partial(convlstm_cell, reference.convlstm_gates),
-                fused=functools.partial(convlstm_cell, ops.convlstm_gates), min_bytes=None)
+                fused=functools.partial(convlstm_cell, ops.convlstm_gates), min_bytes=None, convs=True)
 
 
 def convlstm_cell(gates, x, h, c, w_x, w_h):
@@ -206,7 +212,7 @@ def _train_case(op, plain_class, fused_class, shape_name, B, C, layers, size, k,
         return fn
 
     return Case(op, shape_name, dict(B=B, C=C, layers=layers, H=size, W=size, k=k, T=T), make,
-                eager=loss_of(plain), fused=loss_of(fused), min_bytes=None)
+                eager=loss_of(plain), fused=loss_of(fused), min_bytes=None, modes=TRAIN_MODES, convs=True)
 
 
 def _predrnn_v2_train_case(shape_name, *dims):
@@ -249,7 +255,7 @@ def _prednet_train_case(shape_name, B, T, channels, H, W, stack):
         return prednet_loss(torch.func.functional_call(fused, params, (frames,)), "L_0")
 
     return Case("prednet_train", shape_name, dict(B=B, T=T, C=channels, H=H, W=W, layers=L), make,
-                eager=plain_fn, fused=fused_fn, min_bytes=None)
+                eager=plain_fn, fused=fused_fn, min_bytes=None, modes=TRAIN_MODES, convs=True)
 
 
 # name -> (B, T, image channels, H, W, stack sizes)
@@ -308,11 +314,11 @@ def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
     return [c for c in out if op_names is None or c.op in op_names]
 
 
-def contenders(device_type: str, requested_backends=None) -> list[str]:
-    """eager, compile, then `predkern-<backend>` for each backend that runs on this device (the
-    Triton interpreter is a correctness tool, not a contender). A requested backend that is
-    unknown, or cannot run here, raises ValueError."""
-    names = ["eager", "compile"]
+def contenders(device_type: str, requested_backends=None, compile: bool = True) -> list[str]:
+    """eager, compile (unless `compile` is false), then `predkern-<backend>` for each backend that
+    runs on this device (the Triton interpreter is a correctness tool, not a contender). A
+    requested backend that is unknown, or cannot run here, raises ValueError."""
+    names = ["eager", "compile"] if compile else ["eager"]
     fused = ("cpu", "cuda", "triton")
     unknown = set(requested_backends or ()) - set(fused)
     if unknown:

@@ -31,6 +31,7 @@ def environment(device) -> dict:
     else:
         info["device_name"] = _cpu_name()
     info["device"] = device.type
+    info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     return info
 
 
@@ -62,26 +63,40 @@ class Progress:
         sys.stderr.flush()
 
 
-def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0) -> dict:
+def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0, compile=True,
+            partial=None) -> dict:
+    """Runs every (case, mode) and returns the report's data; `partial(data)`, if given, is called
+    with the data so far after each, so that a run cut short still leaves its finished cases."""
     device = torch.device(device)
     selected = case_defs.cases(shapes, op_names)
-    names = case_defs.contenders(device.type, backend_names)
-    allocator = runner.steady_cpu_allocator() if device.type == "cpu" else None
-    jobs = [(c, m) for c in selected for m in case_defs.MODES]
-    progress = Progress(len(jobs))
-    results = []
-    for case, mode in jobs:
-        progress.step(f"{case.name} {mode}: {', '.join(names)}")
-        results += runner.run_group(case, names, mode, device, budget_s=budget_s * len(names))
-    clone = {c.name: runner.clone_median_s(c.min_bytes, device) for c in selected if c.min_bytes}
-    for r in results:
-        case = next(c for c in selected if c.name == r["case"])
-        if r["status"] == "ok" and r["mode"] == "forward" and case.min_bytes:
-            r["gbps"] = case.min_bytes / r["median_s"] / 1e9
-            r["clone_gbps"] = case.min_bytes / clone[r["case"]] / 1e9
+    names = case_defs.contenders(device.type, backend_names, compile)
     env = environment(device)
-    env["cpu_allocator"] = allocator
-    return {"environment": env, "backends": backends.status(), "results": results}
+    env["cpu_allocator"] = runner.steady_cpu_allocator() if device.type == "cpu" else None
+    data = {"environment": env, "backends": backends.status(), "results": []}
+    progress = Progress(sum(len(c.modes) for c in selected))
+    for case in selected:
+        clone = None
+        for mode in case.modes:
+            progress.step(f"{case.name} {mode}: {', '.join(names)}")
+            rows = runner.run_group(case, names, mode, device, budget_s=budget_s * len(names))
+            if mode == "forward" and case.min_bytes:
+                clone = clone or runner.clone_baseline(case.min_bytes, device)
+                _bandwidth(rows, case.min_bytes, clone)
+            data["results"] += rows
+            if partial is not None:
+                partial(data)
+    return data
+
+
+def _bandwidth(rows, min_bytes, clone):
+    """GB/s of each timed row (the fewest bytes over its median time) and of the clone baseline."""
+    for r in rows:
+        if r["status"] == "ok":
+            r["gbps"] = min_bytes / r["median_s"] / 1e9
+            r["clone_gbps"] = min_bytes / clone["median_s"] / 1e9
+            if r.get("device_s") and clone.get("device_s"):  # GPU: kernels alone
+                r["device_gbps"] = min_bytes / r["device_s"] / 1e9
+                r["clone_device_gbps"] = min_bytes / clone["device_s"] / 1e9
 
 
 def _fmt_time(s):
@@ -103,11 +118,16 @@ def markdown(data: dict) -> str:
              f"triton {env['triton'] or 'absent'}, CUDA {env['cuda'] or 'none'}, python {env['python']}, "
              f"{env['threads']} threads, CPU capability {env['cpu_capability']}. {env['date']}.", "",
              "Median of many timed calls after warm-up, the contenders called in turn round by round (side "
-             "by side), inputs rotated over 3 random sets; each result was "
-             "checked against the float64 reference first (max error over the output's scale; a wrong "
+             "by side), inputs rotated over random sets (3, or on a GPU enough to fill 3x its L2 cache when "
+             "the op's bytes are known); each result was "
+             "checked against the float64 reference first (max error over the output's scale, at most "
+             f"{runner.TOLERANCE:g} in float32, {runner.TF32_TOLERANCE:g} where a GPU runs convolutions in "
+             f"TF32 (PyTorch's default for cuDNN), {runner.AUTOCAST_TOLERANCE:g} under bf16 autocast; a wrong "
              "result is reported, not timed). *vs eager* / *vs compile* are speedups (>1 is faster). "
              "GB/s counts the fewest bytes a fused forward must move, against a `clone()` of as many bytes. "
-             "Launches (device kernels per call) and peak memory (allocated at the peak of one call beyond "
+             "Launches (device kernels per call), device time (the summed durations of a call's kernels, "
+             "from the profiler, mean of 10 calls: the time without the host's cost per call), the device "
+             "GB/s against a clone's device time, and peak memory (allocated at the peak of one call beyond "
              "what was allocated before it) are measured on a GPU only."
              + (f" CPU allocator for every contender: {env['cpu_allocator']} (so that one contender's frees do "
                 "not make the next page-fault its allocations in anew)." if env.get("cpu_allocator") else ""),
@@ -117,10 +137,12 @@ def markdown(data: dict) -> str:
         for mode in dict.fromkeys(r["mode"] for r in rows if r["case"] == case):
             group = [r for r in rows if r["case"] == case and r["mode"] == mode]
             dims = ", ".join(f"{k}={v}" for k, v in group[0]["dims"].items())
+            gpu = any("device_s" in r for r in group)
+            device_cols = " device time | device GB/s (of clone) |" if gpu else ""
             lines += [f"## {case} ({dims}): {mode}", "",
-                      "| contender | median | vs eager | vs compile | GB/s (of clone) | saved for backward "
-                      "| launches | peak memory | max error | status |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| contender | median | vs eager | vs compile | GB/s (of clone) |" + device_cols
+                      + " saved for backward | launches | peak memory | max error | status |",
+                      "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if gpu else "")]
             base = {r["contender"]: r.get("median_s") for r in group}
             for r in group:
                 med = r.get("median_s")
@@ -128,9 +150,17 @@ def markdown(data: dict) -> str:
                 status = r["status"] if r["status"] == "ok" else f"**{r['status'].upper()}**: {r.get('error', '')}"
                 if "compile_s" in r:
                     status += f" (compiled in {r['compile_s']:.1f} s)"
+                if "device_profile_error" in r:
+                    status += f" (no device time: {r['device_profile_error']})"
                 err = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else ""
+                device = ""
+                if gpu:
+                    dgb = (f"{r['device_gbps']:.0f} ({100 * r['device_gbps'] / r['clone_device_gbps']:.0f}%)"
+                           if "device_gbps" in r else "")
+                    device = f" {_fmt_time(r['device_s']) if r.get('device_s') else ''} | {dgb} |"
                 lines.append(f"| {r['contender']} | {_fmt_time(med) if med else ''} | "
-                             f"{_ratio(med, base.get('eager'))} | {_ratio(med, base.get('compile'))} | {gb} | "
+                             f"{_ratio(med, base.get('eager'))} | {_ratio(med, base.get('compile'))} | {gb} |"
+                             f"{device} "
                              f"{_fmt_bytes(r.get('saved_bytes'))} | {r.get('launches') or ''} | "
                              f"{_fmt_bytes(r.get('peak_bytes'))} | {err} | {status} |")
             lines.append("")
@@ -216,14 +246,14 @@ def _elements(dims):
     return n
 
 
-def write(data: dict, out_dir: str) -> list[str]:
+def write(data: dict, out_dir: str, with_plots: bool = True) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = [os.path.join(out_dir, "results.json"), os.path.join(out_dir, "REPORT.md")]
     with open(paths[0], "w") as f:
         json.dump(data, f, indent=1)
     with open(paths[1], "w") as f:
         f.write(markdown(data))
-    return paths + plots(data, out_dir)
+    return paths + (plots(data, out_dir) if with_plots else [])
 
 
 def compare(path_a: str, path_b: str) -> str:
