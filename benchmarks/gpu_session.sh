@@ -66,9 +66,12 @@ for p in "${phases[@]}"; do
       workers=()  # pytest-xdist and pytest-timeout where installed (the device image has both)
       "$PY" -c "import xdist" 2> /dev/null && workers=(-n "${TEST_WORKERS:-12}")
       "$PY" -c "import pytest_timeout" 2> /dev/null && workers+=(--timeout "${TEST_TIMEOUT:-60}")
-      # -rA: a line per test in the log, so a run cut short still says which passed and failed
-      phase tests "${TESTS_S:-130}" "$PY" -m pytest -q -rA -m gpu "${workers[@]}" -p no:cacheprovider \
-        --junitxml="$OUT/tests.xml" ;;
+      # -v: a line per test in the log as it ends, so a run cut short still says which failed;
+      # TESTS_K selects (pytest -k), e.g. "cuda" for the CUDA backend's tests alone
+      select=()
+      [ -n "${TESTS_K:-}" ] && select=(-k "$TESTS_K")
+      phase tests "${TESTS_S:-130}" "$PY" -m pytest -v -rfE -m gpu "${select[@]}" "${workers[@]}" \
+        -p no:cacheprovider --junitxml="$OUT/tests.xml" ;;
     fuzz)  # fresh examples on the GPU backends (the long profile), for what is left of its limit
       ids=$("$PY" -m pytest --collect-only -q tests/test_fuzz.py 2>/dev/null | grep -E '\[(cuda|triton)-' || true)
       if [ -n "$ids" ]; then
@@ -81,8 +84,10 @@ for p in "${phases[@]}"; do
       k=0
       while IFS= read -r group; do
         k=$((k + 1))
+        # shellcheck disable=SC2086  # BENCH_ARGS: more options, e.g. "--no-compile --backends cuda"
         phase "bench-$k" "${BENCH_S:-48}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
-          --shapes "${group%%:*}" --ops "${group#*:}" --budget "${BENCH_BUDGET:-0.3}" --out "$OUT/bench-$k"
+          --shapes "${group%%:*}" --ops "${group#*:}" --budget "${BENCH_BUDGET:-0.3}" ${BENCH_ARGS:-} \
+          --out "$OUT/bench-$k"
       done <<< "$BENCH_SHAPES_OPS" ;;
     train)  # issue 5: a PredRNN-V2 training iteration at the paper config, fp32 and bf16 autocast
       # (torch.compile of 20 unrolled steps takes minutes: left out unless TRAIN_COMPILE=1)
@@ -90,7 +95,8 @@ for p in "${phases[@]}"; do
       [ "${TRAIN_COMPILE:-0}" = 1 ] && nocompile=()
       phase bench-train "${TRAIN_S:-60}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
         --shapes "${TRAIN_SHAPES:-mnist_train}" --ops "${TRAIN_OPS:-predrnn_v2_train}" "${nocompile[@]}" \
-        --budget "${BENCH_BUDGET:-0.3}" --out "$OUT/bench-train" ;;
+        --modes "${TRAIN_MODES:-forward,forward+backward,forward+backward (bf16 autocast)}" \
+        --budget "${BENCH_BUDGET:-0.3}" ${BENCH_ARGS:-} --out "$OUT/bench-train" ;;
     *) echo "unknown phase $p (build tests fuzz bench train)"; exit 2 ;;
   esac
 done

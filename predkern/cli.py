@@ -32,7 +32,8 @@ def _bench(args) -> int:
         data = report.run_all(device, shapes, op_names=args.ops.split(",") if args.ops else None,
                               backend_names=args.backends.split(",") if args.backends else None,
                               budget_s=args.budget, compile=not args.no_compile,
-                              partial=lambda data: report.write(data, args.out, with_plots=False))
+                              partial=lambda data: report.write(data, args.out, with_plots=False),
+                              modes=args.modes.split(",") if args.modes else None)
     except ValueError as err:  # an unknown shape, op or backend: before anything is timed
         args.parser.error(str(err))
     paths = report.write(data, args.out)
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
                                         "kitti1, train, mnist_train, kitti_train)")
     bench.add_argument("--ops", help="comma-separated op names (default: all)")
     bench.add_argument("--backends", help="comma-separated predkern backends to time (default: all present)")
+    bench.add_argument("--modes", help="comma-separated modes: forward, forward+backward, "
+                                       "\"forward+backward (bf16 autocast)\" (default: all of each case)")
     bench.add_argument("--no-compile", action="store_true",
                        help="leave torch.compile out (compiling a whole model's training step takes minutes)")
     bench.add_argument("--budget", type=float, default=1.0, help="seconds of timed calls per contender")

@@ -92,6 +92,19 @@ def test_cli_selects_writes_and_compares(tmp_path, capsys):
     assert table.count("| convlstm_gates[") == 2 * 2 * 2  # 2 shapes x 2 modes x the 2 contenders in both
 
 
+def test_cli_runs_only_the_modes_asked_for(tmp_path):
+    from predkern import cli
+
+    argv = ["bench", "--device", "cpu", "--shapes", "small", "--ops", "predrnn_v2_train", "--no-compile",
+            "--modes", f"forward,{cases.AUTOCAST}", "--budget", "0.01", "--out", str(tmp_path)]
+    assert cli.main(argv) == 0
+    with open(tmp_path / "results.json") as f:
+        rows = json.load(f)["results"]
+    assert {r["mode"] for r in rows} == {"forward", cases.AUTOCAST}
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--modes", "backward", "--out", str(tmp_path)])
+
+
 def test_gpu_columns_show_device_time_and_its_bandwidth():
     """A GPU row's device time and device GB/s (against a clone's) get their own columns; a row
     whose profile failed says so."""

@@ -1,6 +1,7 @@
 // Recompiles every CPU kernel for AVX512 (the instruction subset PyTorch's own AVX512 kernels use).
 // Same condition as PREDKERN_CPU_HAS_AVX_VARIANTS in capability.h, which must not be included first.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include "cpu/capability_prelude.h"  // before the pragma: see there
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 // The pragma enables the instructions but not the feature macros that sleef.h and ATen test.
 #ifndef __AVX__

@@ -21,7 +21,7 @@ from predkern import backends, ops, reference
 
 MODES = ("forward", "forward+backward")
 # A training iteration under bf16 autocast (the models' cases only): convs in bf16, cell state fp32.
-AUTOCAST = "forward+backward, bf16 autocast"
+AUTOCAST = "forward+backward (bf16 autocast)"
 TRAIN_MODES = MODES + (AUTOCAST,)
 
 

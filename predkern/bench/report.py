@@ -1,6 +1,7 @@
 """Runs the cases and writes REPORT.md, results.json and PNG plots; compares two results.json."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -64,11 +65,17 @@ class Progress:
 
 
 def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0, compile=True,
-            partial=None) -> dict:
-    """Runs every (case, mode) and returns the report's data; `partial(data)`, if given, is called
-    with the data so far after each, so that a run cut short still leaves its finished cases."""
+            partial=None, modes=None) -> dict:
+    """Runs every (case, mode) (of `modes` only, if given) and returns the report's data;
+    `partial(data)`, if given, is called with the data so far after each, so that a run cut short
+    still leaves its finished cases."""
     device = torch.device(device)
+    unknown = set(modes or ()) - set(case_defs.TRAIN_MODES)
+    if unknown:
+        raise ValueError(f"unknown modes {sorted(unknown)}; known: {case_defs.TRAIN_MODES}")
     selected = case_defs.cases(shapes, op_names)
+    if modes:
+        selected = [dataclasses.replace(c, modes=tuple(m for m in c.modes if m in modes)) for c in selected]
     names = case_defs.contenders(device.type, backend_names, compile)
     env = environment(device)
     env["cpu_allocator"] = runner.steady_cpu_allocator() if device.type == "cpu" else None
