@@ -16,6 +16,14 @@ DType dtype_of(at::ScalarType t) {
   }
 }
 
+std::string num(int64_t n) { return std::to_string(n); }
+
+std::string shape_str(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+
 void check_tensor(const char* op, const Tensor& t, const char* name, const Tensor& like) {
   TORCH_CHECK_TYPE(t.is_floating_point(), op, ": `", name,
                    "` must be a floating-point tensor, got dtype ", t.scalar_type());
@@ -29,7 +37,7 @@ void check_tensor(const char* op, const Tensor& t, const char* name, const Tenso
 void check_shape(const char* op, const Tensor& t, const char* name, at::IntArrayRef expected,
                  const char* what) {
   TORCH_CHECK_VALUE(t.sizes() == expected, op, ": `", name, "` must have shape ", what, " = ",
-                    expected, ", got ", t.sizes());
+                    shape_str(expected), ", got ", shape_str(t.sizes()));
 }
 
 void check_dtype(const char* op, const Tensor& t, const char* name, at::ScalarType expected,
@@ -49,10 +57,10 @@ void check_state_dtype(const char* op, const Tensor& state, const char* name,
 
 int64_t check_stacked(const char* op, const Tensor& t, const char* name, int64_t k,
                       const char* blocks) {
-  TORCH_CHECK_VALUE(t.dim() >= 2, op, ": `", name, "` must have shape (B, ", k,
-                    "*C, *spatial), got ", t.dim(), " dims ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() >= 2, op, ": `", name, "` must have shape (B, ", num(k),
+                    "*C, *spatial), got ", num(t.dim()), " dims ", shape_str(t.sizes()));
   TORCH_CHECK_VALUE(t.size(1) % k == 0, op, ": `", name, "`.size(1) must be a multiple of the ",
-                    k, " ", blocks, ", got ", t.size(1));
+                    num(k), " ", blocks, ", got ", num(t.size(1)));
   return t.size(1) / k;
 }
 

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
 
 #include "convlstm_gates.h"
 
@@ -13,6 +14,12 @@ using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
 DType dtype_of(at::ScalarType t);
+
+// Numbers and shapes for error messages, written with std::to_string rather than an ostream's
+// number formatting: on the H200 machine (torch 2.11, GCC 13) a shape error made the process
+// segfault while every message without a number was raised cleanly (see NOTES in the GPU results).
+std::string num(int64_t n);
+std::string shape_str(at::IntArrayRef sizes);  // "[2, 3, 4]", as torch prints a shape
 
 // `t` is a dense floating-point tensor on `like`'s device.
 void check_tensor(const char* op, const Tensor& t, const char* name, const Tensor& like);

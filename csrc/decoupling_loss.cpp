@@ -17,7 +17,7 @@ constexpr const char* kOp = "decoupling_loss";
 void check_inputs(const Tensor& dc, const Tensor& dm) {
   check_tensor(kOp, dc, "delta_c", dc);
   TORCH_CHECK_VALUE(dc.dim() >= 2, kOp, ": `delta_c` must have shape (N, C, *spatial), got ",
-                    dc.dim(), " dims ", dc.sizes());
+                    num(dc.dim()), " dims ", shape_str(dc.sizes()));
   check_tensor(kOp, dm, "delta_m", dc);
   check_shape(kOp, dm, "delta_m", dc.sizes(), "delta_c.shape");
   check_dtype(kOp, dm, "delta_m", dc.scalar_type(), "delta_c");
@@ -69,13 +69,13 @@ std::tuple<Tensor, Tensor> backward_kernel(const Tensor& grad_loss, const Tensor
   check_inputs(dc, dm);
   check_tensor(kOp, grad_loss, "grad_loss", dc);
   TORCH_CHECK_VALUE(grad_loss.numel() == 1, kOp, ": `grad_loss` must have one element, got ",
-                    grad_loss.sizes());
+                    shape_str(grad_loss.sizes()));
   const auto R = dc.size(0) * dc.size(1);
   check_tensor(kOp, row_coefs, "row_coefs", dc);  // on dc's device: the kernels dereference it
   TORCH_CHECK_VALUE(row_coefs.scalar_type() == at::kDouble && row_coefs.is_contiguous() &&
                         row_coefs.sizes() == at::IntArrayRef({R, 4}),
                     kOp, ": `row_coefs` must be a contiguous float64 (N*C, 4) tensor, got ",
-                    row_coefs.scalar_type(), " ", row_coefs.sizes());
+                    row_coefs.scalar_type(), " ", shape_str(row_coefs.sizes()));
   DecouplingLossBackward p;
   p.N = dc.size(0);
   p.C = dc.size(1);

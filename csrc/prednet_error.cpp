@@ -16,8 +16,8 @@ constexpr const char* kOp = "prednet_error";
 
 void check_inputs(const Tensor& a, const Tensor& a_hat) {
   check_tensor(kOp, a, "a", a);
-  TORCH_CHECK_VALUE(a.dim() >= 2, kOp, ": `a` must have shape (N, C, *spatial), got ", a.dim(),
-                    " dims ", a.sizes());
+  TORCH_CHECK_VALUE(a.dim() >= 2, kOp, ": `a` must have shape (N, C, *spatial), got ", num(a.dim()),
+                    " dims ", shape_str(a.sizes()));
   check_tensor(kOp, a_hat, "a_hat", a);
   check_shape(kOp, a_hat, "a_hat", a.sizes(), "a.shape");
   check_dtype(kOp, a_hat, "a_hat", a.scalar_type(), "a");

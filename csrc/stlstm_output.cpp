@@ -75,7 +75,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_h,
                                                            const Tensor& tanh_last) {
   check_tensor(kOp, o_gate, "o_gate", o_gate);
   TORCH_CHECK_VALUE(o_gate.dim() >= 2, kOp, ": `o_gate` must have shape (B, C, *spatial), got ",
-                    o_gate.sizes());
+                    shape_str(o_gate.sizes()));
   for (const auto& [t, name] : {std::pair{&grad_h, "grad_h"}, std::pair{&tanh_last, "tanh_last"}}) {
     check_tensor(kOp, *t, name, o_gate);
     check_shape(kOp, *t, name, o_gate.sizes(), "o_gate.shape");

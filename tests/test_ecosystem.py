@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 from torch import nn
 
 import predkern
@@ -345,16 +346,38 @@ AUTOCAST = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16")] + [
     for backend in ("cuda", "triton") for dtype in (torch.bfloat16, torch.float16)]
 
 
+def _layer_norm_in_float32(self, x):
+    """nn.LayerNorm.forward as CUDA autocast runs it: in float32, whatever the input."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def _autocast_layer_norm_dtype(device, dtype):
+    """The dtype a LayerNorm gives under autocast on this device (float32 on CUDA)."""
+    ln = nn.LayerNorm(4).to(device)
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        return ln(torch.randn(2, 4, device=device, dtype=dtype)).dtype
+
+
 @pytest.mark.parametrize("backend,dtype", AUTOCAST)
-@pytest.mark.parametrize("layer_norm", [0, 1], ids=["plain", "layer_norm"])
-def test_predrnn_v2_autocast_training_step(layer_norm, backend, dtype):
+@pytest.mark.parametrize("layer_norm", [0, 1, 2], ids=["plain", "layer_norm", "layer_norm_fp32"])
+def test_predrnn_v2_autocast_training_step(layer_norm, backend, dtype, monkeypatch):
     """Under bf16 / fp16 autocast the convs give half gates, the cell states c and m stay float32
     and h takes the gates' dtype (SPEC.md section 5); the fused model's loss and gradients are no
     further from the float64 model than plain PyTorch (predkern's reference backend) under the
-    same autocast: |fused - ref64| <= 2 |plain - ref64| + atol."""
+    same autocast: |fused - ref64| <= 2 |plain - ref64| + atol. With layer_norm the gates have
+    LayerNorm's dtype: half on a CPU, float32 on CUDA, where conv_last alone stays half
+    (`layer_norm_fp32` makes a CPU's LayerNorm run as CUDA's does)."""
     device = backend_device(backend)
     if backends.unavailable_reason(backend, device):
         pytest.skip(backends.unavailable_reason(backend, device))
+    if layer_norm == 2:
+        if device != "cpu":
+            pytest.skip("CUDA's own LayerNorm already runs in float32 (the layer_norm case)")
+        monkeypatch.setattr(nn.LayerNorm, "forward", _layer_norm_in_float32)
+    gates = _autocast_layer_norm_dtype(device, dtype) if layer_norm else dtype
+    layer_norm = min(layer_norm, 1)
     torch.manual_seed(0)
     model = pknn.PredRNNv2(2, [4, 4], thuml_configs(layer_norm=layer_norm)).to(device)
     frames, mask = (t.to(device) for t in thuml_batch(dtype=torch.float32, seed=5))
@@ -370,8 +393,8 @@ def test_predrnn_v2_autocast_training_step(layer_norm, backend, dtype):
     assert len(record) == 2 * 4  # two layers, total_length - 1 steps
     for name, states_in, (h, c, m), deltas in record:
         assert states_in == [torch.float32, torch.float32], (name, states_in)
-        assert (h, c, m) == (dtype, torch.float32, torch.float32), name
-        assert deltas == [dtype, dtype], name
+        assert (h, c, m) == (gates, torch.float32, torch.float32), name
+        assert deltas == [gates, gates], name
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
     # the loss is ~0.37, where a bf16 ulp is 2**-9 ~ 2e-3: atol is a quarter of one

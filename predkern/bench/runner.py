@@ -87,18 +87,25 @@ def _step(case, fn, mode, inputs, grads):
     return torch.autograd.grad(outs, _leaves(inputs), grads)
 
 
-def max_error(case, fn, mode, inputs, grads) -> float:
-    """Max abs error of outputs (and input grads) against the float64 reference (without autocast),
-    over its scale."""
-    got = _flat_outputs(_forward(fn, mode, inputs))
-    if mode != "forward":
-        got += list(torch.autograd.grad(got, _leaves(inputs), grads))
-    # on the inputs' device: a model's float64 reference would take minutes on a GPU machine's CPU
+def reference_outputs(case, mode, inputs, grads) -> list:
+    """The float64 reference's outputs (and input grads), without autocast, on the inputs' device:
+    a model's float64 reference would take minutes on a GPU machine's CPU."""
     ref_inputs = {k: (v.detach().double().requires_grad_(v.requires_grad) if torch.is_tensor(v) else v)
                   for k, v in inputs.items()}
     ref = _flat_outputs(case.eager(**ref_inputs))
     if mode != "forward":
         ref += list(torch.autograd.grad(ref, _leaves(ref_inputs), [g.double() for g in grads]))
+    return [r.detach() for r in ref]
+
+
+def max_error(case, fn, mode, inputs, grads, ref=None) -> float:
+    """Max abs error of outputs (and input grads) against the float64 reference (`ref`, or
+    computed here), over its scale."""
+    got = _flat_outputs(_forward(fn, mode, inputs))
+    if mode != "forward":
+        got += list(torch.autograd.grad(got, _leaves(inputs), grads))
+    if ref is None:
+        ref = reference_outputs(case, mode, inputs, grads)
     worst = 0.0
     for g, r in zip(got, ref):
         if r.numel():
@@ -220,7 +227,7 @@ def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s:
     gen = torch.Generator().manual_seed(seed)
     requires_grad = mode != "forward"
     sets = [case.make_inputs(device, torch.float32, requires_grad, gen) for _ in range(rotate)]
-    grads = None
+    grads = ref = None
     rows, timed = [], []
     for contender in contenders:
         fn = callable_for(case, contender)
@@ -231,8 +238,10 @@ def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s:
             with contender_backend(contender):
                 if requires_grad and grads is None:
                     grads = _output_grads(case, sets[0], fn, gen, mode)
+                if ref is None:  # once per case and mode: a model's float64 step is slow
+                    ref = reference_outputs(case, mode, sets[0], grads)
                 t0 = time.perf_counter()
-                err = max_error(case, fn, mode, sets[0], grads)
+                err = max_error(case, fn, mode, sets[0], grads, ref)
             if contender == "compile":
                 row["compile_s"] = time.perf_counter() - t0  # first call: tracing and compiling
         except Exception as e:  # a contender that crashes is reported, not timed

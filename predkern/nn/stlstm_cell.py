@@ -1,6 +1,8 @@
 """PredRNN's spatiotemporal LSTM cells (thuml/predrnn-pytorch, OpenSTL) on predkern's fused ops."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,11 +61,19 @@ def fused_stlstm_step(cell: nn.Module, x_t, h_t, c_t, m_t, deltas: bool):
     mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c_t, m_t,
                                               forget_bias=getattr(cell, "_forget_bias", 1.0), return_deltas=deltas)
     o_conv, last_conv = _conv_o_and_last(cell, mem)
-    h_new = ops.stlstm_output(x_cat, h_cat, o_conv, last_conv)
+    h_new = ops.stlstm_output(*_common_dtype(x_cat, h_cat, o_conv, last_conv))
     c_new, m_new = mem.chunk(2, dim=1)
     if deltas:
         return h_new, c_new, m_new, delta_c, delta_m
     return h_new, c_new, m_new
+
+
+def _common_dtype(*gates):
+    """The gates in one dtype, as eager's type promotion would combine them. They differ only
+    under CUDA autocast with layer_norm: LayerNorm runs in float32 there, so x_cat, h_cat and
+    o_conv come out float32 while conv_last, which has no LayerNorm, stays half."""
+    dtype = functools.reduce(torch.promote_types, (g.dtype for g in gates))
+    return tuple(g if g.dtype == dtype else g.to(dtype) for g in gates)
 
 
 def _conv_o_and_last(cell, mem):
