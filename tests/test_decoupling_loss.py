@@ -81,6 +81,15 @@ def test_parallel_and_opposite_rows(backend):
     assert abs(loss.item() - 1.0) < 1e-14
 
 
+@pytest.mark.parametrize("C,S", [(1, 3), (96, 2)], ids=["one-channel", "channel-tiles"])
+def test_many_rows(backend, C, S):
+    """5000 samples: more partial sums than the CUDA mean's 1024 threads take in one sweep of its
+    four accumulators (one per sample with C=1; tiles of channels with C=96)."""
+    if backend == "triton" and backend_device(backend) == "cpu":
+        pytest.skip("minutes in the Triton interpreter; the stacked-terms test covers its mean")
+    check(backend, OP, inputs(N=5000, C=C, spatial=(S,), device=backend_device(backend)), rel=1e-5)
+
+
 def test_same_bits_every_run(backend):
     device = backend_device(backend)
     x = inputs(N=4, C=7, spatial=(9, 13), device=device)
