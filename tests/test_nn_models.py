@@ -126,6 +126,27 @@ def test_decoupling_term_matters():
     assert 0.0 < decouple <= 1.0
 
 
+def test_v2_loss_without_autograd_takes_each_term_as_it_comes():
+    """Without autograd PredRNN-V2 takes each step's decoupling term at once (keeping no deltas),
+    with autograd it stacks them: the same loss, and the peer's."""
+    peer, ours = make_pair("predrnn_v2", [4, 4], thuml_configs())
+    frames, mask = model_inputs(ours, 2, torch.Generator().manual_seed(1))
+    peer.double(), ours.double()
+    calls = []
+    ours.adapter.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    f = ours.frame
+    with torch.no_grad(), default_dtype(torch.float64):
+        _, evaluated = ours(frames, mask)
+        _, peer_loss = peer(frames, pknn.expand_mask(mask, f.height, f.width, f.frame_channel))
+    terms = len(calls) // 2
+    assert terms == 2 * (frames.shape[1] - 1) and set(calls) == {2}  # a term per layer and step
+    calls.clear()
+    _, trained = ours(frames, mask)
+    assert calls == [2 * terms, 2 * terms]  # two stacks, one adapter call each
+    torch.testing.assert_close(evaluated, trained.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(evaluated, peer_loss, rtol=1e-12, atol=0)
+
+
 def test_thuml_checkpoint_round_trip(tmp_path):
     peer, _ = make_pair("predrnn_v2", [4, 4], thuml_configs(layer_norm=1))
     path = tmp_path / "model.ckpt-100"
