@@ -25,7 +25,7 @@ struct DecouplingLossForward {
   DType dtype = DType::Float32;  // delta_c, delta_m and the loss
   View3 delta_c, delta_m;        // (N, C, S)
   double* row_coefs = nullptr;   // optional output (N*C, 4) contiguous, row r = n*C + c
-  double* row_abs_cos = nullptr; // workspace (N*C doubles; CUDA only): sums of |cos_r| per block
+  double* row_abs_cos = nullptr; // workspace (N*C): |cos_r| (the CUDA kernels need it; CPU may ignore)
   void* loss = nullptr;          // output: one element of `dtype`
 };
 

@@ -9,13 +9,9 @@
 //   so consecutive threads read consecutive addresses. Each thread sums x^2, y^2 and x y over its
 //   S positions in double (float32 values of 1e20 or 1e-20 neither overflow nor underflow), the
 //   lanes are combined by a fixed shared-memory tree, and one thread per row calls decoupling_row()
-//   (decoupling_loss.h) for |cos_r| and the backward coefficients (row_coefs); the block then adds
-//   its channels' |cos_r| in channel order into one sum per work item (in the row_abs_cos
-//   workspace), so that the mean reads a tile's worth fewer values.
-// - decoupling_mean_kernel: one block adds those sums in a fixed order (per-thread strided sums
-//   over four independent accumulators, then a fixed tree) and stores sum / R, rounded once.
-//   R == 0 stores NaN from the device. (It added every row's |cos_r| with 256 threads until the
-//   H200 run: one block's dependent loads over 155648 rows cost the forward most of its 328 us.)
+//   (decoupling_loss.h) for |cos_r| (row_abs_cos) and the backward coefficients (row_coefs).
+// - decoupling_mean_kernel: one block adds row_abs_cos in a fixed order (per-thread strided sums,
+//   then a fixed tree) and stores sum / R, rounded once. R == 0 stores NaN from the device.
 // No atomics anywhere: the same bits on every run.
 // Backward, one element-wise launch as in the other kernels (common.cuh): one thread per (n, c, s),
 //   grad_x = G (k0 x + k1 y),  grad_y = G (k2 y + k3 x)
@@ -56,28 +52,27 @@ struct RowArgs {
   const X* x = nullptr;  // delta_c
   const X* y = nullptr;  // delta_m
   Str<I> x_s, y_s;
-  double* abs_cos = nullptr;  // (work) sums of |cos_r| per work item
+  double* abs_cos = nullptr;  // (N*C) |cos_r|
   double* coefs = nullptr;    // optional (N*C, 4)
   double inv_rows = 0.0;      // 1 / (N*C)
 };
 
-// |cos_r| (into *abs_cos) and the coefficients of row r from its sums. Out of line: one thread per
-// row runs it, and its double divisions would otherwise crowd the registers of the summing loop.
+// |cos_r| and the coefficients of row r from its sums. Out of line: one thread per row runs it,
+// and its double divisions would otherwise crowd the registers of the summing loop.
 __device__ __noinline__ void finish_row(double sxx, double syy, double sxy, double inv_rows,
                                         int64_t r, double* abs_cos, double* coefs) {
   if (coefs != nullptr) {
     double k[4];
-    *abs_cos = decoupling_row(sxx, syy, sxy, inv_rows, k);
+    abs_cos[r] = decoupling_row(sxx, syy, sxy, inv_rows, k);
     for (int j = 0; j < 4; ++j) coefs[4 * r + j] = k[j];
   } else {
-    *abs_cos = decoupling_row(sxx, syy, sxy, inv_rows, nullptr);
+    abs_cos[r] = decoupling_row(sxx, syy, sxy, inv_rows, nullptr);
   }
 }
 
 template <typename X, typename I>
 __global__ void __launch_bounds__(kThreads) decoupling_rows_kernel(const RowArgs<X, I> a) {
   __shared__ double sh[3][kThreads];
-  __shared__ double tile[kThreads];  // |cos_r| of the tile's channels, by channel
   const int tid = static_cast<int>(threadIdx.x);
   const int f = tid % a.tf, m = tid / a.tf;
   const int cl = a.chan_fast ? f : m;           // channel within the tile
@@ -115,43 +110,23 @@ __global__ void __launch_bounds__(kThreads) decoupling_rows_kernel(const RowArgs
         sh[2][tid] += sh[2][o];
       }
     }
-    if (sl == 0) {
-      if (c < a.C)
-        finish_row(sh[0][tid], sh[1][tid], sh[2][tid], a.inv_rows, n * a.C + c, &tile[cl], a.coefs);
-      else
-        tile[cl] = 0.0;
-    }
-    __syncthreads();
-    if (tid == 0) {
-      double sum = 0.0;
-      for (int k = 0; k < tc; ++k) sum += tile[k];
-      a.abs_cos[w] = sum;
+    if (sl == 0 && c < a.C) {
+      finish_row(sh[0][tid], sh[1][tid], sh[2][tid], a.inv_rows, n * a.C + c, a.abs_cos, a.coefs);
     }
     __syncthreads();  // the next work item overwrites sh
   }
 }
 
-// One block of kMeanThreads: thread t adds sums t, t + kMeanThreads, ... into four accumulators in
-// turn (four loads in flight), adds them in order, then a fixed tree; total / rows rounded once.
-constexpr int kMeanThreads = 1024;
-
+// One block: per-thread strided sums in row order, then a fixed tree; sum / R rounded once.
 template <typename X>
-__global__ void __launch_bounds__(kMeanThreads)
-    decoupling_mean_kernel(const double* sums, int64_t n, int64_t rows, X* loss) {
-  __shared__ double sh[kMeanThreads];
+__global__ void __launch_bounds__(kThreads)
+    decoupling_mean_kernel(const double* abs_cos, int64_t rows, X* loss) {
+  __shared__ double sh[kThreads];
   const int tid = static_cast<int>(threadIdx.x);
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
-  int64_t i = tid;
-  for (; i + 3 * kMeanThreads < n; i += 4 * kMeanThreads) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) acc[j] += sums[i + j * kMeanThreads];
-  }
-#pragma unroll
-  for (int j = 0; j < 3; ++j) {  // the last three strides or fewer
-    if (i + j * kMeanThreads < n) acc[j] += sums[i + j * kMeanThreads];
-  }
-  sh[tid] = ((acc[0] + acc[1]) + acc[2]) + acc[3];
-  for (int h = kMeanThreads / 2; h > 0; h >>= 1) {
+  double s = 0.0;
+  for (int64_t r = tid; r < rows; r += kThreads) s += abs_cos[r];
+  sh[tid] = s;
+  for (int h = kThreads / 2; h > 0; h >>= 1) {
     __syncthreads();
     if (tid < h) sh[tid] += sh[tid + h];
   }
@@ -215,8 +190,7 @@ void launch_fwd(const DecouplingLossForward& p, cudaStream_t stream) {
     launch_rows_i<X, int32_t>(p, stream);
   else
     launch_rows_i<X, int64_t>(p, stream);
-  const int64_t work = make_row_args<X, int64_t>(p).work;  // the rows kernel's sums, one per item
-  decoupling_mean_kernel<X><<<1, kMeanThreads, 0, stream>>>(p.row_abs_cos, work, rows, loss);
+  decoupling_mean_kernel<X><<<1, kThreads, 0, stream>>>(p.row_abs_cos, rows, loss);
   check_launch("decoupling_loss_forward_cuda");
 }
 
