@@ -83,8 +83,8 @@ def test_parallel_and_opposite_rows(backend):
 
 @pytest.mark.parametrize("C,S", [(1, 3), (96, 2)], ids=["one-channel", "channel-tiles"])
 def test_many_rows(backend, C, S):
-    """5000 samples: more partial sums than the CUDA mean's 1024 threads take in one sweep of its
-    four accumulators (one per sample with C=1; tiles of channels with C=96)."""
+    """5000 samples of one channel, or of 96: a mean over many rows (on CUDA, many rows per thread
+    of its one-block mean)."""
     if backend == "triton" and backend_device(backend) == "cpu":
         pytest.skip("minutes in the Triton interpreter; the stacked-terms test covers its mean")
     check(backend, OP, inputs(N=5000, C=C, spatial=(S,), device=backend_device(backend)), rel=1e-5)
