@@ -70,15 +70,14 @@ class PredRNNv2(PredRNN):
             state["terms"].append(ops.decoupling_loss(self.adapter(delta_c), self.adapter(delta_m)))
 
     def extra_loss(self, state):
-        # the mean over all terms: the stacked ones' loss weighs as many terms as were stacked
-        losses, weights = list(state["terms"]), [1.0] * len(state["terms"])
-        if state["delta_c"]:
+        # the mean over all terms: those taken one by one, and the stacked ones (one loss for all)
+        n_terms, n_stacked = len(state["terms"]), len(state["delta_c"])
+        if n_stacked:
             # two stacks, not one split in two: a split's backward would copy both gradients into one
             delta_c = self.adapter(torch.cat(state["delta_c"]))
             delta_m = self.adapter(torch.cat(state["delta_m"]))
-            losses.append(ops.decoupling_loss(delta_c, delta_m))
-            weights.append(float(len(state["delta_c"])))
-        if len(losses) == 1:
-            return self.frame.decouple_beta * losses[0]
-        total = sum(w * loss for w, loss in zip(weights, losses))
-        return self.frame.decouple_beta * total / sum(weights)
+            stacked = ops.decoupling_loss(delta_c, delta_m)
+            if not n_terms:
+                return self.frame.decouple_beta * stacked
+        total = torch.stack(state["terms"]).sum() + (n_stacked * stacked if n_stacked else 0.0)
+        return self.frame.decouple_beta * total / (n_terms + n_stacked)

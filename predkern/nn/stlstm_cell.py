@@ -72,6 +72,8 @@ def _common_dtype(*gates):
     """The gates in one dtype, as eager's type promotion would combine them. They differ only
     under CUDA autocast with layer_norm: LayerNorm runs in float32 there, so x_cat, h_cat and
     o_conv come out float32 while conv_last, which has no LayerNorm, stays half."""
+    if all(g.dtype == gates[0].dtype for g in gates[1:]):
+        return gates
     dtype = functools.reduce(torch.promote_types, (g.dtype for g in gates))
     return tuple(g if g.dtype == dtype else g.to(dtype) for g in gates)
 
