@@ -112,7 +112,8 @@ def test_gpu_columns_show_device_time_and_its_bandwidth():
     common = dict(case="c", op="prednet_error", shape="s", dims={"B": 1}, mode="forward", status="ok",
                   median_s=4e-5, samples_s=[4e-5], gbps=100.0, clone_gbps=200.0)
     rows = [dict(common, contender="eager", device_s=2e-5, device_gbps=1000.0, clone_device_gbps=4000.0),
-            dict(common, contender="predkern-cuda", device_s=5e-6, device_gbps=3600.0, clone_device_gbps=4000.0),
+            dict(common, contender="predkern-cuda", device_s=5e-6, device_gbps=3600.0, clone_device_gbps=4000.0,
+                 kernels_s={"mean_kernel": 1e-6, "rows_kernel": 4e-6}),
             dict(common, contender="predkern-triton", device_profile_error="RuntimeError: boom")]
     md = report.markdown({"environment": env, "backends": {}, "results": rows})
     table = [line for line in md.splitlines() if line.startswith("|")]
@@ -120,6 +121,8 @@ def test_gpu_columns_show_device_time_and_its_bandwidth():
     assert all(line.count("|") == table[0].count("|") for line in table)
     assert "| 5.0 us | 3600 (90%) |" in table[3]
     assert "no device time: RuntimeError: boom" in table[4]
+    # the predkern rows' kernels, slowest first
+    assert "predkern-cuda kernels per call: `rows_kernel` 4.0 us, `mean_kernel` 1.0 us" in md
 
 
 def test_rotation_keeps_three_sets_on_a_cpu():

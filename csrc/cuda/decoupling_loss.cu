@@ -10,8 +10,9 @@
 //   S positions in double (float32 values of 1e20 or 1e-20 neither overflow nor underflow), the
 //   lanes are combined by a fixed shared-memory tree, and one thread per row calls decoupling_row()
 //   (decoupling_loss.h) for |cos_r| (row_abs_cos) and the backward coefficients (row_coefs).
-// - decoupling_mean_kernel: one block adds row_abs_cos in a fixed order (per-thread strided sums,
-//   then a fixed tree) and stores sum / R, rounded once. R == 0 stores NaN from the device.
+// - decoupling_mean_kernel: one block of 1024 threads adds row_abs_cos in a fixed order (8 strided
+//   running sums per thread, then a fixed tree) and stores sum / R, rounded once. R == 0 stores
+//   NaN from the device.
 // No atomics anywhere: the same bits on every run.
 // Backward, one element-wise launch as in the other kernels (common.cuh): one thread per (n, c, s),
 //   grad_x = G (k0 x + k1 y),  grad_y = G (k2 y + k3 x)
@@ -117,16 +118,33 @@ __global__ void __launch_bounds__(kThreads) decoupling_rows_kernel(const RowArgs
   }
 }
 
-// One block: per-thread strided sums in row order, then a fixed tree; sum / R rounded once.
+// One block of kMeanThreads: thread t adds rows t, t + kMeanThreads, ... into kMeanLanes running
+// sums (row r into sum (r / kMeanThreads) % kMeanLanes), so each thread has kMeanLanes loads in flight
+// (one 256-thread block summing 155648 rows in one chain per thread waited on each load in turn:
+// about 250 us on an H200); then a fixed tree. A fixed order: the same bits on every run.
+constexpr int kMeanThreads = 1024;
+constexpr int kMeanLanes = 8;
+
 template <typename X>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kMeanThreads)
     decoupling_mean_kernel(const double* abs_cos, int64_t rows, X* loss) {
-  __shared__ double sh[kThreads];
+  __shared__ double sh[kMeanThreads];
   const int tid = static_cast<int>(threadIdx.x);
-  double s = 0.0;
-  for (int64_t r = tid; r < rows; r += kThreads) s += abs_cos[r];
-  sh[tid] = s;
-  for (int h = kThreads / 2; h > 0; h >>= 1) {
+  double s[kMeanLanes];
+#pragma unroll
+  for (int k = 0; k < kMeanLanes; ++k) s[k] = 0.0;
+  for (int64_t r0 = tid; r0 < rows; r0 += int64_t{kMeanThreads} * kMeanLanes) {
+#pragma unroll
+    for (int k = 0; k < kMeanLanes; ++k) {
+      const int64_t r = r0 + int64_t{k} * kMeanThreads;
+      if (r < rows) s[k] += abs_cos[r];
+    }
+  }
+  double t = 0.0;
+#pragma unroll
+  for (int k = 0; k < kMeanLanes; ++k) t += s[k];
+  sh[tid] = t;
+  for (int h = kMeanThreads / 2; h > 0; h >>= 1) {
     __syncthreads();
     if (tid < h) sh[tid] += sh[tid + h];
   }
@@ -190,7 +208,7 @@ void launch_fwd(const DecouplingLossForward& p, cudaStream_t stream) {
     launch_rows_i<X, int32_t>(p, stream);
   else
     launch_rows_i<X, int64_t>(p, stream);
-  decoupling_mean_kernel<X><<<1, kThreads, 0, stream>>>(p.row_abs_cos, rows, loss);
+  decoupling_mean_kernel<X><<<1, kMeanThreads, 0, stream>>>(p.row_abs_cos, rows, loss);
   check_launch("decoupling_loss_forward_cuda");
 }
 

@@ -174,14 +174,19 @@ def _decoupling_cases(shape_name, terms, B, C, H, W):
                  fused=per_term(ops.decoupling_loss), min_bytes=None)]
 
 
-def _prednet_case(shape_name, B, C, H, W, clip_max):
-    """The error units of one PredNet layer in training (output_mode 'error': e and its mean)."""
-    opts = dict(relu_a_hat=True, clip_max=clip_max, return_mean=True)
-    return Case("prednet_error", shape_name, dict(B=B, C=C, H=H, W=W, clip_max=clip_max),
-                _rand_inputs({"a": (B, C, H, W), "a_hat": (B, C, H, W)}),
-                eager=functools.partial(reference.prednet_error, **opts),
-                fused=functools.partial(ops.prednet_error, **opts),
-                min_bytes=5 * B * C * H * W * 4)  # reads a, a_hat; writes e (2) and a_hat_out
+def _prednet_cases(shape_name, B, C, H, W, clip_max):
+    """The error units of one PredNet layer: in training (output_mode 'error': e and its per-sample
+    mean, two launches on the GPU for the deterministic mean) and without the mean (e alone, one launch)."""
+    dims = dict(B=B, C=C, H=H, W=W, clip_max=clip_max)
+    make = _rand_inputs({"a": (B, C, H, W), "a_hat": (B, C, H, W)})
+    out = []
+    for op, return_mean in (("prednet_error", True), ("prednet_error_no_mean", False)):
+        opts = dict(relu_a_hat=True, clip_max=clip_max, return_mean=return_mean)
+        out.append(Case(op, shape_name, dims, make,
+                        eager=functools.partial(reference.prednet_error, **opts),
+                        fused=functools.partial(ops.prednet_error, **opts),
+                        min_bytes=5 * B * C * H * W * 4))  # reads a, a_hat; writes e (2) and a_hat_out
+    return out
 
 
 def _train_case(op, plain_class, fused_class, shape_name, B, C, layers, size, k, frames_in, frames_out):
@@ -285,8 +290,8 @@ PREDNET_SHAPES = {
     "kitti1": (4, 48, 64, 80, None),   # PredNet KITTI layer 1
 }
 OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "stlstm_cell", "decoupling_loss",
-       "decoupling_loss_per_term", "prednet_error", "convlstm_cell", "predrnn_v2_train", "convlstm_train",
-       "prednet_train")
+       "decoupling_loss_per_term", "prednet_error", "prednet_error_no_mean", "convlstm_cell", "predrnn_v2_train",
+       "convlstm_train", "prednet_train")
 DEFAULT_SHAPES = ("tiny", "small")
 FULL_SHAPES = ("tiny", "mnist", "large", "kth", "kitti0", "kitti1", "train", "mnist_train", "kitti_train")
 ALL_SHAPES = {**CONVLSTM_SHAPES, **STLSTM_SHAPES, **DECOUPLING_SHAPES, **PREDNET_SHAPES, **TRAIN_SHAPES,
@@ -305,7 +310,7 @@ def cases(shapes=DEFAULT_SHAPES, op_names=None) -> list[Case]:
     out += [c for s in shapes if s in STLSTM_SHAPES for c in _stlstm_cases(s, *STLSTM_SHAPES[s])]
     out += [_convlstm_cell_case(s, *STLSTM_SHAPES[s]) for s in shapes if s in STLSTM_SHAPES]
     out += [c for s in shapes if s in DECOUPLING_SHAPES for c in _decoupling_cases(s, *DECOUPLING_SHAPES[s])]
-    out += [_prednet_case(s, *PREDNET_SHAPES[s]) for s in shapes if s in PREDNET_SHAPES]
+    out += [c for s in shapes if s in PREDNET_SHAPES for c in _prednet_cases(s, *PREDNET_SHAPES[s])]
     for op, make, table in (("predrnn_v2_train", _predrnn_v2_train_case, TRAIN_SHAPES),
                             ("convlstm_train", _convlstm_train_case, TRAIN_SHAPES),
                             ("prednet_train", _prednet_train_case, PREDNET_TRAIN_SHAPES)):

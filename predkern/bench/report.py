@@ -171,6 +171,11 @@ def markdown(data: dict) -> str:
                              f"{_fmt_bytes(r.get('saved_bytes'))} | {r.get('launches') or ''} | "
                              f"{_fmt_bytes(r.get('peak_bytes'))} | {err} | {status} |")
             lines.append("")
+            for r in group:  # where predkern's device time goes, kernel by kernel (GPU only)
+                if r["contender"].startswith("predkern") and r.get("kernels_s"):
+                    parts = ", ".join(f"`{name}` {_fmt_time(t)}" for name, t in
+                                      sorted(r["kernels_s"].items(), key=lambda kv: -kv[1]))
+                    lines += [f"{r['contender']} kernels per call: {parts}", ""]
     missing = {k: v for k, v in data["backends"].items() if v}
     if missing:
         lines += ["Backends not run here:", ""] + [f"- {k}: {v}" for k, v in missing.items()] + [""]
