@@ -3,11 +3,12 @@
 # build the CUDA kernels against the torch found there, run the `gpu` tests, time the issues'
 # GPU targets, and leave everything under $OUT (logs, REPORT.md and results.json per bench group).
 #
-#   bash benchmarks/gpu_session.sh [phase ...]     phases: build tests fuzz bench train (default: build tests train bench)
+#   bash benchmarks/gpu_session.sh [phase ...]     phases: build tests fuzz host bench train
+#                                                  (default: build tests train bench)
 #
-# Each phase has a time limit (seconds, overridable: BUILD_S, TESTS_S, FUZZ_S, BENCH_S, TRAIN_S) so
-# a slow one cannot eat the others' time; the default phases' limits add up to 545 s (build 75,
-# tests 200, train 150, three bench groups of 40), for a 600 s call on a 900 s lease (the H200
+# Each phase has a time limit (seconds, overridable: BUILD_S, TESTS_S, FUZZ_S, HOST_S, BENCH_S, TRAIN_S) so
+# a slow one cannot eat the others' time; the default phases' limits add up to 575 s (build 75,
+# tests 200, train 150, three bench groups of 50), for a 600 s call on a 900 s lease (the H200
 # machine started in about 30 s; the build took 57 s). A report is rewritten after each case, so a
 # group cut short keeps its finished cases. The table printed last says what each phase did. With
 # PACK=1 everything is packed into $OUT/gpu-session.tgz (the device tool brings back 8 files at
@@ -24,7 +25,7 @@ BENCH_DEVICE="${BENCH_DEVICE:-cuda}"
 # bandwidth (issue 4), the decoupling loss (issue 4), the ST-LSTM cell step (3) beside the ConvLSTM
 # gates (2). The other groups of nvidia-h200/README.md: "kth:stlstm_memory,stlstm_output" (3),
 # "tiny,mnist:convlstm_gates" (2).
-BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kitti0,kitti1:prednet_error
+BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kitti0,kitti1:prednet_error,prednet_error_no_mean
 mnist:decoupling_loss
 mnist:stlstm_cell,convlstm_gates}"
 FINAL_OUT="$OUT"
@@ -80,12 +81,14 @@ for p in "${phases[@]}"; do
       else
         summary+=("fuzz: no cuda/triton fuzz tests collected (no GPU?)")
       fi ;;
+    host)  # where a call's host time goes, per backend, and the slowest one under cProfile
+      phase host "${HOST_S:-40}" "$PY" benchmarks/host_profile.py --calls "${HOST_CALLS:-2000}" ;;
     bench)  # one report per group, so a timed-out group loses only itself
       k=0
       while IFS= read -r group; do
         k=$((k + 1))
         # shellcheck disable=SC2086  # BENCH_ARGS: more options, e.g. "--no-compile --backends cuda"
-        phase "bench-$k" "${BENCH_S:-40}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
+        phase "bench-$k" "${BENCH_S:-50}" "$PY" -m predkern.bench --device "$BENCH_DEVICE" \
           --shapes "${group%%:*}" --ops "${group#*:}" --budget "${BENCH_BUDGET:-0.3}" ${BENCH_ARGS:-} \
           --out "$OUT/bench-$k"
       done <<< "$BENCH_SHAPES_OPS" ;;
@@ -99,7 +102,7 @@ for p in "${phases[@]}"; do
         --shapes "${TRAIN_SHAPES:-mnist_train}" --ops "${TRAIN_OPS:-predrnn_v2_train}" "${nocompile[@]}" \
         --modes "${TRAIN_MODES:-forward+backward,forward+backward (bf16 autocast)}" \
         --budget "${BENCH_BUDGET:-0.3}" ${BENCH_ARGS:-} --out "$OUT/bench-train" ;;
-    *) echo "unknown phase $p (build tests fuzz bench train)"; exit 2 ;;
+    *) echo "unknown phase $p (build tests fuzz host bench train)"; exit 2 ;;
   esac
 done
 
