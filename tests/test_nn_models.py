@@ -296,3 +296,57 @@ def test_both_conv_layouts_agree():
     torch.testing.assert_close(l1, l2, rtol=1e-12, atol=1e-12)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("layer_norm", [0, 1])
+def test_merged_conv_o_and_last_built_once_per_sequence(backend, monkeypatch, layer_norm):
+    """The GPU path (conv_o and conv_last as one conv on a merged weight), forced on this device:
+    the same loss and gradients as the peer, the merged weight built once per cell per forward
+    (not per step: each step's copy was saved by its conv), and a second iteration after an
+    optimizer step, or a second forward before any backward (gradient accumulation), gets a fresh
+    weight, not one whose graph is gone."""
+    from predkern.nn import stlstm_cell
+
+    builds = []
+    build = stlstm_cell._build_merged_weight
+    monkeypatch.setattr(stlstm_cell, "_merges_convs", lambda mem: True)
+    monkeypatch.setattr(stlstm_cell, "_build_merged_weight", lambda cell, dtype: builds.append(cell) or build(cell, dtype))
+    configs = thuml_configs(reverse_scheduled_sampling=1, layer_norm=layer_norm, total_length=6)
+    peer, ours = make_pair("predrnn_v2", [4, 4], configs)
+    compare_models(backend, peer, ours, torch.float64, 1e-11)
+    steps = configs.total_length - 1
+    assert len(builds) == 2 * 2, f"{len(builds)} merged weights built for 2 cells x 2 forwards of {steps} steps"
+    assert all(not cell.__dict__.get("_predkern_merged_weight") for cell in ours.cell_list)
+
+    device = backend_device(backend)
+    frames, mask = model_inputs(ours, 2, torch.Generator().manual_seed(1))
+    frames, mask = frames.to(device), mask.to(device)
+    opt = torch.optim.SGD(ours.parameters(), lr=0.1)
+    with backends.use(backend):
+        for _ in range(2):  # two iterations
+            opt.zero_grad()
+            ours(frames, mask)[1].backward()
+            opt.step()
+        opt.zero_grad()
+        for _ in range(2):  # gradient accumulation
+            ours(frames, mask)[1].backward()
+    accumulated = {n: p.grad.clone() for n, p in ours.named_parameters()}
+    monkeypatch.setattr(stlstm_cell, "_merges_convs", lambda mem: False)
+    ours.zero_grad()
+    with backends.use(backend):
+        for _ in range(2):
+            ours(frames, mask)[1].backward()
+    for name, p in ours.named_parameters():
+        assert_close(f"accumulated grad {name}", p.grad, accumulated[name], 1e-11)
+
+    # under autocast the merged weight is built once in the autocast dtype, as autocast casts a leaf
+    if backend == "cpu":
+        monkeypatch.setattr(stlstm_cell, "_merges_convs", lambda mem: True)
+        monkeypatch.setattr(stlstm_cell, "_build_merged_weight",
+                            lambda cell, dtype: builds.append(dtype) or build(cell, dtype))
+        builds.clear()
+        ours.float()
+        with backends.use(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = ours(frames.float(), mask.float())[1]
+        assert builds == [torch.bfloat16] * 2
+        assert torch.isfinite(loss)

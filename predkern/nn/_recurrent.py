@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
+from predkern.nn.stlstm_cell import merged_weights_once
+
 
 @dataclass(frozen=True)
 class FrameConfig:
@@ -122,11 +124,12 @@ class RecurrentFramePredictor(nn.Module):
         state = self.initial_state(B, H, W, frames, layout)
         next_frames = []
         x_gen = None
-        for t in range(self.frame.total_length - 1):
-            net = self._step_input(frames, mask_true, t, x_gen)
-            h_top = self.step(net, state)
-            x_gen = self.conv_last(h_top)
-            next_frames.append(x_gen)
+        with merged_weights_once(self.cell_list):  # ST-LSTM cells: one merged conv_o/conv_last weight per sequence
+            for t in range(self.frame.total_length - 1):
+                net = self._step_input(frames, mask_true, t, x_gen)
+                h_top = self.step(net, state)
+                x_gen = self.conv_last(h_top)
+                next_frames.append(x_gen)
         # [length, batch, channel, height, width] -> [batch, length, height, width, channel]
         next_frames = torch.stack(next_frames, dim=0).permute(1, 0, 3, 4, 2).contiguous()
         if not return_loss:

@@ -74,8 +74,9 @@ class PredRNNv2(PredRNN):
         n_terms, n_stacked = len(state["terms"]), len(state["delta_c"])
         if n_stacked:
             # two stacks, not one split in two: a split's backward would copy both gradients into one
-            delta_c = self.adapter(torch.cat(state["delta_c"]))
-            delta_m = self.adapter(torch.cat(state["delta_m"]))
+            # each list dropped once stacked: its steps' deltas are not needed again
+            delta_c = self.adapter(torch.cat(state.pop("delta_c")))
+            delta_m = self.adapter(torch.cat(state.pop("delta_m")))
             stacked = ops.decoupling_loss(delta_c, delta_m)
             if not n_terms:
                 return self.frame.decouple_beta * stacked

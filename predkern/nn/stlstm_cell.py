@@ -1,6 +1,7 @@
 """PredRNN's spatiotemporal LSTM cells (thuml/predrnn-pytorch, OpenSTL) on predkern's fused ops."""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -78,6 +79,11 @@ def _common_dtype(*gates):
     return tuple(g if g.dtype == dtype else g.to(dtype) for g in gates)
 
 
+def _merges_convs(mem) -> bool:
+    """Whether conv_o and conv_last run as one conv (see _conv_o_and_last): on a GPU."""
+    return mem.is_cuda
+
+
 def _conv_o_and_last(cell, mem):
     """conv_o(mem) and conv_last(mem). On a GPU, where a step at training sizes is bound by
     launches, they run as one conv: conv_last's 1x1 weight zero-padded to k x k beside
@@ -86,17 +92,55 @@ def _conv_o_and_last(cell, mem):
     conv_o, conv_last = cell.conv_o[0], cell.conv_last
     k = conv_o.kernel_size[0]
     plain = dict(stride=(1, 1), dilation=(1, 1), groups=1, padding_mode="zeros")
-    if mem.is_cuda and conv_o.kernel_size == (k, k) and conv_o.padding == (k // 2, k // 2) \
+    if _merges_convs(mem) and conv_o.kernel_size == (k, k) and conv_o.padding == (k // 2, k // 2) \
             and conv_last.kernel_size == (1, 1) and conv_last.padding == (0, 0) \
             and all(getattr(conv, name) == value for conv in (conv_o, conv_last) for name, value in plain.items()) \
             and conv_o.bias is None and conv_last.bias is None:
-        p = k // 2
-        weight = torch.cat([conv_o.weight, F.pad(conv_last.weight, (p, p, p, p))], dim=0)
-        o_conv, last_conv = F.conv2d(mem, weight, padding=p).chunk(2, dim=1)
+        o_conv, last_conv = F.conv2d(mem, _merged_weight(cell, mem), padding=k // 2).chunk(2, dim=1)
         if len(cell.conv_o) > 1:
             o_conv = cell.conv_o[1](o_conv)
         return o_conv, last_conv
     return cell.conv_o(mem), cell.conv_last(mem)
+
+
+def _merged_weight(cell, mem):
+    """[conv_o.weight; conv_last.weight zero-padded to k x k], built once per sequence inside
+    merged_weights_once (each step's own copy, saved by its conv for the backward, took 475 MiB
+    in float32 at the Moving MNIST config), and in the autocast dtype where autocast is on (as
+    autocast caches its cast of a leaf weight; this one is not a leaf)."""
+    dtype = torch.get_autocast_dtype(mem.device.type) if torch.is_autocast_enabled(mem.device.type) else None
+    cache = cell.__dict__.get("_predkern_merged_weight")
+    key = (dtype, torch.is_grad_enabled())
+    if cache is not None and key in cache:
+        return cache[key]
+    weight = _build_merged_weight(cell, dtype)
+    if cache is not None:
+        cache[key] = weight
+    return weight
+
+
+def _build_merged_weight(cell, dtype):
+    p = cell.conv_o[0].kernel_size[0] // 2
+    weight = torch.cat([cell.conv_o[0].weight, F.pad(cell.conv_last.weight, (p, p, p, p))], dim=0)
+    return weight if dtype is None else weight.to(dtype)
+
+
+@contextlib.contextmanager
+def merged_weights_once(cells):
+    """Within this block (one sequence of a model's forward), each of `cells` builds its merged
+    conv_o/conv_last weight once instead of at every step. Not under torch.compile, whose graph
+    computes the same expression once anyway."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    cells = [c for c in cells if isinstance(c, nn.Module)]
+    for cell in cells:
+        cell.__dict__["_predkern_merged_weight"] = {}
+    try:
+        yield
+    finally:
+        for cell in cells:
+            cell.__dict__.pop("_predkern_merged_weight", None)
 
 
 class SpatioTemporalLSTMCellv2(SpatioTemporalLSTMCell):

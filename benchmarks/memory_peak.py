@@ -1,0 +1,91 @@
+"""What is alive at a call's peak of GPU memory: one bench case's call (as `predkern bench` makes
+it) per contender under the CUDA caching allocator's history, replayed to its highest point; the
+blocks alive there, grouped by the line of predkern (or of the plain model) that allocated them.
+Allocations made by the autograd engine (the backward) have no Python frame and are grouped as
+such, by size.
+
+    python benchmarks/memory_peak.py [--shapes mnist_train] [--ops predrnn_v2_train]
+                                     [--mode "forward+backward (bf16 autocast)"] [--top 15]
+"""
+import argparse
+import collections
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from predkern.bench import cases as bench_cases  # noqa: E402
+from predkern.bench import runner  # noqa: E402
+
+MiB = 2**20
+
+
+def where(frames):
+    """The innermost frame in predkern (but the bench harness) or in a model file, else torch's."""
+    for f in frames:
+        name = f.get("filename", "")
+        if "predkern" in name and "/bench/runner.py" not in name:
+            return f"{name.split('predkern/')[-1]}:{f.get('line')} ({f.get('name')})"
+    for f in frames:
+        if "torch/" in f.get("filename", ""):
+            return f"torch {f['filename'].split('torch/')[-1]}:{f.get('line')}"
+    return None
+
+
+def peak_of(trace):
+    """(peak bytes over the trace's start, {addr: (size, frames)} alive at the peak)."""
+    live, total, best, at_best = {}, 0, 0, {}
+    for e in trace:
+        action = e["action"]
+        if action == "alloc":
+            live[e["addr"]] = (e["size"], e.get("frames", []))
+            total += e["size"]
+            if total > best:
+                best, at_best = total, dict(live)
+        elif action == "free_completed" and e["addr"] in live:
+            total -= live.pop(e["addr"])[0]
+    return best, at_best
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="mnist_train")
+    p.add_argument("--ops", default="predrnn_v2_train")
+    p.add_argument("--mode", default=bench_cases.AUTOCAST)
+    p.add_argument("--contenders", default="eager,predkern-cuda")
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args(argv)
+    device = torch.device("cuda")
+    for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
+        gen = torch.Generator().manual_seed(0)
+        inputs = case.make_inputs(device, torch.float32, args.mode != "forward", gen)
+        grads = None
+        for contender in args.contenders.split(","):
+            fn = bench_cases.callable_for(case, contender)
+            with bench_cases.contender_backend(contender):
+                if grads is None and args.mode != "forward":
+                    grads = runner._output_grads(case, inputs, fn, gen, args.mode)
+                runner._step(case, fn, args.mode, inputs, grads)  # warm-up: workspaces, cuDNN plans
+                torch.cuda.synchronize()
+                torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
+                runner._step(case, fn, args.mode, inputs, grads)
+                torch.cuda.synchronize()
+                snap = torch.cuda.memory._snapshot()
+                torch.cuda.memory._record_memory_history(enabled=None)
+            trace = snap["device_traces"][device.index or 0]
+            best, alive = peak_of(trace)
+            groups = collections.Counter()
+            counts = collections.Counter()
+            for size, frames in alive.values():
+                key = where(frames) or f"(no Python frame: autograd engine) blocks of {size / MiB:.2f} MiB"
+                groups[key] += size
+                counts[key] += 1
+            print(f"\n== {case.name} {args.mode} {contender}: peak {best / MiB:.1f} MiB above the call's start, "
+                  f"{len(alive)} blocks alive there")
+            for key, size in groups.most_common(args.top):
+                print(f"  {size / MiB:9.1f} MiB  {counts[key]:5d}x  {key}")
+
+
+if __name__ == "__main__":
+    main()
