@@ -113,7 +113,9 @@ def test_gpu_columns_show_device_time_and_its_bandwidth():
                   median_s=4e-5, samples_s=[4e-5], gbps=100.0, clone_gbps=200.0)
     rows = [dict(common, contender="eager", device_s=2e-5, device_gbps=1000.0, clone_device_gbps=4000.0),
             dict(common, contender="predkern-cuda", device_s=5e-6, device_gbps=3600.0, clone_device_gbps=4000.0,
-                 kernels_s={"mean_kernel": 1e-6, "rows_kernel": 4e-6}),
+                 kernels_s={"void ns::mean_kernel<float>(double const*, long, float*)": 1e-6,
+                            "void ns::rows_kernel<float, int>(ns::RowArgs<float, int>)": 3e-6,
+                            "void ns::rows_kernel<float, long>(ns::RowArgs<float, long>)": 1e-6}),
             dict(common, contender="predkern-triton", device_profile_error="RuntimeError: boom")]
     md = report.markdown({"environment": env, "backends": {}, "results": rows})
     table = [line for line in md.splitlines() if line.startswith("|")]
@@ -122,7 +124,9 @@ def test_gpu_columns_show_device_time_and_its_bandwidth():
     assert "| 5.0 us | 3600 (90%) |" in table[3]
     assert "no device time: RuntimeError: boom" in table[4]
     # the predkern rows' kernels, slowest first
-    assert "predkern-cuda kernels per call: `rows_kernel` 4.0 us, `mean_kernel` 1.0 us" in md
+    assert "predkern-cuda device time per call by kernel: `rows_kernel` 4.0 us, `mean_kernel` 1.0 us" in md
+    many = {f"k{i}": (10 - i) * 1e-6 for i in range(8)}
+    assert report._kernel_summary(many, top=2) == "`k0` 10.0 us, `k1` 9.0 us, 6 others 33.0 us"
 
 
 def test_rotation_keeps_three_sets_on_a_cpu():

@@ -10,8 +10,8 @@
 // the forward instead runs one block per (n, chunk of kPredNetErrorChunk of the sample's C*S
 // positions in that same flat order): the block writes the same outputs and sums its e values
 // (float accumulate, double for float64; the values as stored, i.e. rounded to the dtype) by a
-// fixed tree into `partial`; a second launch, one thread per sample, adds the chunks in order in
-// double and stores sum / (2 C S) rounded once. No atomics: the same bits on every run.
+// fixed tree into `partial`; a second launch, one block per sample, adds the chunks in a fixed order
+// in double and stores sum / (2 C S) rounded once. No atomics: the same bits on every run.
 // Activations propagate NaN (no fmin/fmax); the backward uses selects, so an infinite gradient on
 // a blocked path gives 0, not NaN. Math in float (double for float64), each store rounds once.
 #include "prednet_error.h"
@@ -144,24 +144,32 @@ __global__ void __launch_bounds__(kThreads) prednet_error_fwd_chunk_kernel(const
   }
 }
 
-// One thread per sample: the chunk sums in chunk order, / (2 C S) (NaN when C S == 0).
+// One block per sample: thread t adds the chunk sums t, t + kThreads, ... in order, then a fixed
+// tree; sum / (2 C S) stored once (NaN when C S == 0). (One thread per sample adding its chunks in
+// turn took 13 us of the forward's 20 us at KITTI layer 1 on an H200: 240 chunks, one after another.)
 template <typename X>
 __global__ void __launch_bounds__(kThreads)
     prednet_error_mean_kernel(const double* partial, int64_t N, int64_t chunks, double count,
                               X* e_mean) {
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; n < N;
-       n += step) {
+  __shared__ double sh[kThreads];
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     double s = 0.0;
-    for (int64_t j = 0; j < chunks; ++j) s += partial[n * chunks + j];
-    store_once(e_mean + n, s / count);
+    for (int64_t j = tid; j < chunks; j += kThreads) s += partial[n * chunks + j];
+    sh[tid] = s;
+    for (int h = kThreads / 2; h > 0; h >>= 1) {
+      __syncthreads();
+      if (tid < h) sh[tid] += sh[tid + h];
+    }
+    if (tid == 0) store_once(e_mean + n, sh[0] / count);
+    __syncthreads();  // the next sample overwrites sh
   }
 }
 
 template <typename X>
 void launch_mean(const PredNetErrorForward& p, int64_t chunks, cudaStream_t stream) {
   const double count = 2.0 * static_cast<double>(p.C) * static_cast<double>(p.S);
-  prednet_error_mean_kernel<X><<<grid_for(p.N), kThreads, 0, stream>>>(
+  prednet_error_mean_kernel<X><<<blocks_for(p.N), kThreads, 0, stream>>>(
       p.partial, p.N, chunks, count, static_cast<X*>(p.e_mean));
   check_launch("prednet_error_forward_cuda");
 }

@@ -173,13 +173,31 @@ def markdown(data: dict) -> str:
             lines.append("")
             for r in group:  # where predkern's device time goes, kernel by kernel (GPU only)
                 if r["contender"].startswith("predkern") and r.get("kernels_s"):
-                    parts = ", ".join(f"`{name}` {_fmt_time(t)}" for name, t in
-                                      sorted(r["kernels_s"].items(), key=lambda kv: -kv[1]))
-                    lines += [f"{r['contender']} kernels per call: {parts}", ""]
+                    lines += [f"{r['contender']} device time per call by kernel: {_kernel_summary(r['kernels_s'])}", ""]
     missing = {k: v for k, v in data["backends"].items() if v}
     if missing:
         lines += ["Backends not run here:", ""] + [f"- {k}: {v}" for k, v in missing.items()] + [""]
     return "\n".join(lines)
+
+
+def _kernel_name(name: str) -> str:
+    """A profiler's kernel name, short: `void ns::k<float, int>(Args)` -> `k`; a mangled or
+    library name cut at 48 characters."""
+    base = name.removeprefix("void ").split("(")[0].split("<")[0].split("::")[-1]
+    return base if len(base) <= 48 else base[:47] + "..."
+
+
+def _kernel_summary(kernels_s: dict, top: int = 6) -> str:
+    """The `top` kernels by device time (names shortened, same short names added up), then the rest."""
+    merged = {}
+    for name, t in kernels_s.items():
+        short = _kernel_name(name)
+        merged[short] = merged.get(short, 0.0) + t
+    ranked = sorted(merged.items(), key=lambda kv: -kv[1])
+    parts = [f"`{name}` {_fmt_time(t)}" for name, t in ranked[:top]]
+    if len(ranked) > top:
+        parts.append(f"{len(ranked) - top} others {_fmt_time(sum(t for _, t in ranked[top:]))}")
+    return ", ".join(parts)
 
 
 def plots(data: dict, out_dir: str) -> list[str]:
