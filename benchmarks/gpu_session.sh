@@ -3,13 +3,14 @@
 # build the CUDA kernels against the torch found there, run the `gpu` tests, time the issues'
 # GPU targets, and leave everything under $OUT (logs, REPORT.md and results.json per bench group).
 #
-#   bash benchmarks/gpu_session.sh [phase ...]     phases: build tests fuzz host bench train
+#   bash benchmarks/gpu_session.sh [phase ...]     phases: build tests fuzz host memory bench train
 #                                                  (default: build tests train bench)
 #
-# Each phase has a time limit (seconds, overridable: BUILD_S, TESTS_S, FUZZ_S, HOST_S, BENCH_S, TRAIN_S) so
-# a slow one cannot eat the others' time; the default phases' limits add up to 575 s (build 75,
-# tests 200, train 150, three bench groups of 50), for a 600 s call on a 900 s lease (the H200
-# machine started in about 30 s; the build took 57 s). A report is rewritten after each case, so a
+# Each phase has a time limit (seconds, overridable: BUILD_S, TESTS_S, FUZZ_S, HOST_S, MEMORY_S,
+# BENCH_S, TRAIN_S) so a slow one cannot eat the others' time; the default phases' limits add up to
+# 575 s (build 75, tests 200, train 150, three bench groups of 50), for a 600 s call on a 900 s
+# lease (the H200 machine started in about 30 s; the build took 45-57 s, the gpu tests 194 s on 12
+# workers, the training phase 91 s, a bench group 23-29 s). A report is rewritten after each case, so a
 # group cut short keeps its finished cases. The table printed last says what each phase did. With
 # PACK=1 everything is packed into $OUT/gpu-session.tgz (the device tool brings back 8 files at
 # most). Copy the bench-*/ folders into benchmarks/results/<gpu>/ (see nvidia-h200/README.md).
@@ -21,13 +22,13 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 BENCH_DEVICE="${BENCH_DEVICE:-cuda}"
-# A group (a report each) per GPU target still open after the first H200 runs: prednet_error's
-# bandwidth (issue 4), the decoupling loss (issue 4), the ST-LSTM cell step (3) beside the ConvLSTM
-# gates (2). The other groups of nvidia-h200/README.md: "kth:stlstm_memory,stlstm_output" (3),
-# "tiny,mnist:convlstm_gates" (2).
+# A group (a report each) per GPU target still open after the H200 run 3: prednet_error's
+# bandwidth with its new per-sample mean (issue 4), the decoupling forward's rows kernel (4), the
+# ConvLSTM gates at the large shape (2). Earlier groups (nvidia-h200/README.md):
+# "mnist:stlstm_cell,convlstm_gates", "kth:stlstm_memory,stlstm_output" (3), "tiny,mnist:convlstm_gates" (2).
 BENCH_SHAPES_OPS="${BENCH_SHAPES_OPS:-kitti0,kitti1:prednet_error,prednet_error_no_mean
 mnist:decoupling_loss
-mnist:stlstm_cell,convlstm_gates}"
+large,mnist:convlstm_gates}"
 FINAL_OUT="$OUT"
 if [ "${PACK:-0}" = 1 ]; then OUT=$(mktemp -d); fi
 phases=("$@")
@@ -81,6 +82,9 @@ for p in "${phases[@]}"; do
       else
         summary+=("fuzz: no cuda/triton fuzz tests collected (no GPU?)")
       fi ;;
+    memory)  # what is alive at the training iteration's peak of GPU memory, per contender and mode
+      phase memory "${MEMORY_S:-60}" bash -c "$PY benchmarks/memory_peak.py --mode forward+backward && \
+        $PY benchmarks/memory_peak.py --mode 'forward+backward (bf16 autocast)'" ;;
     host)  # where a call's host time goes, per backend, and the slowest one under cProfile
       phase host "${HOST_S:-40}" "$PY" benchmarks/host_profile.py --calls "${HOST_CALLS:-2000}" ;;
     bench)  # one report per group, so a timed-out group loses only itself
@@ -102,7 +106,7 @@ for p in "${phases[@]}"; do
         --shapes "${TRAIN_SHAPES:-mnist_train}" --ops "${TRAIN_OPS:-predrnn_v2_train}" "${nocompile[@]}" \
         --modes "${TRAIN_MODES:-forward+backward,forward+backward (bf16 autocast)}" \
         --budget "${BENCH_BUDGET:-0.3}" ${BENCH_ARGS:-} --out "$OUT/bench-train" ;;
-    *) echo "unknown phase $p (build tests fuzz host bench train)"; exit 2 ;;
+    *) echo "unknown phase $p (build tests fuzz host memory bench train)"; exit 2 ;;
   esac
 done
 
