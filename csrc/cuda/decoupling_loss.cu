@@ -71,6 +71,8 @@ __device__ __noinline__ void finish_row(double sxx, double syy, double sxy, doub
   }
 }
 
+constexpr int kRowUnroll = 8;
+
 template <typename X, typename I>
 __global__ void __launch_bounds__(kThreads) decoupling_rows_kernel(const RowArgs<X, I> a) {
   __shared__ double sh[3][kThreads];
@@ -89,7 +91,26 @@ __global__ void __launch_bounds__(kThreads) decoupling_rows_kernel(const RowArgs
     if (c < a.C) {
       const I xo = a.x_s.at(static_cast<I>(n), static_cast<I>(c), 0);
       const I yo = a.y_s.at(static_cast<I>(n), static_cast<I>(c), 0);
-      for (int64_t s = sl; s < a.S; s += ts) {
+      // kRowUnroll positions per round, loaded before any is added, so that a thread's loads are
+      // in flight together (a plain loop waited on each iteration's two loads in turn: the rows
+      // kernel ran at 1.1 TB/s on an H200). The sums still add positions in s order.
+      int64_t s = sl;
+      for (; s + (kRowUnroll - 1) * ts < a.S; s += kRowUnroll * ts) {
+        double xv[kRowUnroll], yv[kRowUnroll];
+#pragma unroll
+        for (int u = 0; u < kRowUnroll; ++u) {
+          const I si = static_cast<I>(s + u * ts);
+          xv[u] = load<double>(a.x + xo + si * a.x_s.ss);
+          yv[u] = load<double>(a.y + yo + si * a.y_s.ss);
+        }
+#pragma unroll
+        for (int u = 0; u < kRowUnroll; ++u) {
+          sxx += xv[u] * xv[u];
+          syy += yv[u] * yv[u];
+          sxy += xv[u] * yv[u];
+        }
+      }
+      for (; s < a.S; s += ts) {
         const I si = static_cast<I>(s);
         const double xv = load<double>(a.x + xo + si * a.x_s.ss);
         const double yv = load<double>(a.y + yo + si * a.y_s.ss);
