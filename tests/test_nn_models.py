@@ -310,7 +310,8 @@ def test_merged_conv_o_and_last_built_once_per_sequence(backend, monkeypatch, la
     builds = []
     build = stlstm_cell._build_merged_weight
     monkeypatch.setattr(stlstm_cell, "_merges_convs", lambda mem: True)
-    monkeypatch.setattr(stlstm_cell, "_build_merged_weight", lambda cell, dtype: builds.append(cell) or build(cell, dtype))
+    monkeypatch.setattr(stlstm_cell, "_build_merged_weight",
+                        lambda cell, dtype: builds.append(cell) or build(cell, dtype))
     configs = thuml_configs(reverse_scheduled_sampling=1, layer_norm=layer_norm, total_length=6)
     peer, ours = make_pair("predrnn_v2", [4, 4], configs)
     compare_models(backend, peer, ours, torch.float64, 1e-11)

@@ -133,7 +133,6 @@ def merged_weights_once(cells):
     if torch.compiler.is_compiling():
         yield
         return
-    cells = [c for c in cells if isinstance(c, nn.Module)]
     for cell in cells:
         cell.__dict__["_predkern_merged_weight"] = {}
     try:
