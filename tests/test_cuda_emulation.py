@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -96,20 +97,45 @@ def environment(emulated, variant, settings):
     return env
 
 
-@pytest.mark.parametrize("variant", list(RUNS))
-def test_instrumented_build_passes_the_cpu_tests(emulated, variant, tmp_path):
+def _run_suite(emulated, variant, cwd):
+    """The routing check, then the pytest selection, of one build variant: (skip reason or None,
+    routing run, pytest run)."""
     settings, selection = RUNS[variant]
     if not (emulated / variant).exists():
-        pytest.skip(f"the {variant} build was skipped (the compiler has no AddressSanitizer runtime)")
+        return f"the {variant} build was skipped (the compiler has no AddressSanitizer runtime)", None, None
     env = environment(emulated, variant, settings)
     # From a directory outside the checkout, so `predkern` is the emulated copy.
     kernels = emu.VARIANTS[variant][0]
-    r = subprocess.run([sys.executable, "-c", ROUTING, str(emulated / variant), kernels], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "poison_empty",
-                        "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", ROOT, *selection],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
-    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-6000:]
-    passed = int(re.search(r"(\d+) passed", r.stdout).group(1))
-    assert passed >= 300, r.stdout[-2000:]  # the selection did select the suite
+    routing = subprocess.run([sys.executable, "-c", ROUTING, str(emulated / variant), kernels], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=300)
+    if routing.returncode != 0:
+        return None, routing, None
+    suite = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "poison_empty",
+                            "-c", os.path.join(ROOT, "pyproject.toml"), "--rootdir", ROOT, *selection],
+                           cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
+    return None, routing, suite
+
+
+@pytest.fixture(scope="module")
+def suite_runs(emulated, tmp_path_factory):
+    """Every variant's run, two at a time, the longest first: the emulator runs a launch's blocks
+    one after another on one core, so a run leaves the other core mostly idle (CI: 7.8 minutes
+    one at a time on two cores)."""
+    def run(variant):
+        return variant, _run_suite(emulated, variant, tmp_path_factory.mktemp(f"run_{variant}"))
+
+    longest_first = ("asan", "index32", "index64", "cpu_asan")
+    assert sorted(longest_first) == sorted(RUNS)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, longest_first))
+
+
+@pytest.mark.parametrize("variant", list(RUNS))
+def test_instrumented_build_passes_the_cpu_tests(suite_runs, variant):
+    skipped, routing, suite = suite_runs[variant]
+    if skipped:
+        pytest.skip(skipped)
+    assert routing.returncode == 0, routing.stdout[-3000:] + routing.stderr[-3000:]
+    assert suite.returncode == 0, suite.stdout[-6000:] + suite.stderr[-6000:]
+    passed = int(re.search(r"(\d+) passed", suite.stdout).group(1))
+    assert passed >= 300, suite.stdout[-2000:]  # the selection did select the suite
