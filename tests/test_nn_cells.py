@@ -83,3 +83,41 @@ def test_ndrplz_convlstm_cell_matches_peer(backend, bias, dtype, rel):
     ours = pknn.ConvLSTMCellNdrplz(cin, C, (3, 5), bias)
     inputs = [torch.randn(B, cin, H, W), torch.randn(B, C, H, W), torch.randn(B, C, H, W)]
     compare(backend, peer, ours, inputs, dtype, rel)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True], ids=["plain", "layer_norm"])
+@pytest.mark.parametrize("kind", ["stlstm", "stlstm_v2", "convlstm"])
+def test_zero_hidden_state_skips_conv_h(backend, kind, layer_norm):
+    """h=None (the models' first step) gives what the peer gives for h = zeros, outputs and every
+    gradient, and conv_h's conv does not run."""
+    device = backend_device(backend)
+    B, cin, C, H, W, k = 2, 3, 4, 6, 5, 3
+    if kind == "convlstm":
+        peer, ours = PeerOpenSTLConvLSTM(cin, C, H, W, k, layer_norm), pknn.ConvLSTMCell(cin, C, H, W, k, 1, layer_norm)
+    else:
+        peer = PeerSTLSTM(cin, C, H, W, k, layer_norm, deltas=kind == "stlstm_v2")
+        ours = (pknn.SpatioTemporalLSTMCellv2 if kind == "stlstm_v2" else pknn.SpatioTemporalLSTMCell)(
+            cin, C, H, W, k, 1, layer_norm)
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    peer, ours = peer.to(device, torch.float64), ours.to(device, torch.float64)
+    ran = []
+    ours.conv_h[0].register_forward_hook(lambda *args: ran.append(1))
+    gen = torch.Generator().manual_seed(3)
+    channels = (cin, C) if kind == "convlstm" else (cin, C, C)  # x, c[, m]
+    x, *states = (torch.randn(B, n, H, W, generator=gen, dtype=torch.float64).to(device) for n in channels)
+    results = []
+    for module, h in ((peer, torch.zeros(B, C, H, W, dtype=torch.float64, device=device)), (ours, None)):
+        leaves = [t.clone().requires_grad_(True) for t in (x, *states)]
+        with backends.use(backend):
+            outs = module(leaves[0], h, *leaves[1:])
+        gen.manual_seed(4)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum() for o in outs)
+        results.append((outs, torch.autograd.grad(loss, leaves + list(module.parameters()), allow_unused=True)))
+    assert not ran
+    (peer_outs, peer_grads), (our_outs, our_grads) = results
+    for a, b in zip((*peer_outs, *peer_grads), (*our_outs, *our_grads)):
+        if a is None or b is None:  # OpenSTL's unused convs, and conv_h's weight, which gets zeros or nothing
+            assert a is None or not a.any()
+            assert b is None or not b.any()
+            continue
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)

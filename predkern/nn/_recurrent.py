@@ -138,7 +138,10 @@ class RecurrentFramePredictor(nn.Module):
 
     def initial_state(self, B, H, W, like, layout) -> dict:
         zeros = [_zeros(B, c, H, W, like, layout) for c in self.num_hidden]
-        return {"h": zeros, "c": list(zeros)}
+        # h None: a zero hidden state, whose conv predkern's cells skip (a patched peer model's
+        # cells, which may run their own forward, get the zeros)
+        h = [None if isinstance(cell, self.cell_class) else z for cell, z in zip(self.cell_list, zeros)]
+        return {"h": h, "c": zeros}
 
     def step(self, net: Tensor, state: dict) -> Tensor:
         raise NotImplementedError

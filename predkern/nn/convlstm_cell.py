@@ -6,7 +6,7 @@ from torch import nn
 
 from predkern import ops
 from predkern.nn._signature import frame_and_conv
-from predkern.nn.stlstm_cell import _conv
+from predkern.nn.stlstm_cell import _conv, zero_state_conv
 
 
 class ConvLSTMCell(nn.Module):
@@ -33,7 +33,14 @@ class ConvLSTMCell(nn.Module):
         self.conv_last = nn.Conv2d(2 * C, C, kernel_size=1, stride=1, padding=0, bias=False)
 
     def forward(self, x_t, h_t, c_t):
-        return ops.convlstm_gates(self.conv_x(x_t), c_t, self.conv_h(h_t), gate_order="ifgo")
+        """h_t may be None for a zero hidden state (predkern's ConvLSTM model passes it at its
+        first step): conv_h is then skipped, and without LayerNorm its gates too."""
+        gates_x = self.conv_x(x_t)
+        if h_t is not None:
+            gates_h = self.conv_h(h_t)
+        else:
+            gates_h = zero_state_conv(self.conv_h, gates_x) if len(self.conv_h) > 1 else None
+        return ops.convlstm_gates(gates_x, c_t, gates_h, gate_order="ifgo")
 
 
 class ConvLSTMCellNdrplz(nn.Module):

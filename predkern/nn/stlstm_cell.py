@@ -51,14 +51,18 @@ class SpatioTemporalLSTMCell(nn.Module):
         self.conv_last = nn.Conv2d(2 * C, C, kernel_size=1, stride=1, padding=0, bias=False)
 
     def forward(self, x_t, h_t, c_t, m_t):
+        """h_t may be None for a zero hidden state (predkern's models pass it at their first
+        step): conv_h is then skipped, see zero_state_conv."""
         return fused_stlstm_step(self, x_t, h_t, c_t, m_t, self.returns_deltas)
 
 
 def fused_stlstm_step(cell: nn.Module, x_t, h_t, c_t, m_t, deltas: bool):
     """One ST-LSTM step of any module laid out as the peers' cell (conv_x, conv_h, conv_m, conv_o
     as Sequential(conv[, LayerNorm]), conv_last), on the two fused stages: this cell's forward,
-    and the forward predkern.patch gives a peer's cell. Returns (h, c, m[, delta_c, delta_m])."""
-    x_cat, h_cat, m_cat = cell.conv_x(x_t), cell.conv_h(h_t), cell.conv_m(m_t)
+    and the forward predkern.patch gives a peer's cell. h_t None is a zero hidden state.
+    Returns (h, c, m[, delta_c, delta_m])."""
+    x_cat, m_cat = cell.conv_x(x_t), cell.conv_m(m_t)
+    h_cat = cell.conv_h(h_t) if h_t is not None else zero_state_conv(cell.conv_h, x_cat)
     mem, delta_c, delta_m = ops.stlstm_memory(x_cat, h_cat, m_cat, c_t, m_t,
                                               forget_bias=getattr(cell, "_forget_bias", 1.0), return_deltas=deltas)
     o_conv, last_conv = _conv_o_and_last(cell, mem)
@@ -67,6 +71,19 @@ def fused_stlstm_step(cell: nn.Module, x_t, h_t, c_t, m_t, deltas: bool):
     if deltas:
         return h_new, c_new, m_new, delta_c, delta_m
     return h_new, c_new, m_new
+
+
+def zero_state_conv(conv_h: nn.Sequential, x_gates):
+    """conv_h(zeros) without the conv, for a zero hidden state: a bias-free conv (as in every
+    cell predkern builds or patches) of zeros is zeros, and a LayerNorm of zeros is its bias.
+    A model's first step so skips a conv per layer, forward and backward (the weight's gradient
+    from a zero input is zero). Shaped, typed and laid out as x_gates, conv_x's output, which
+    conv_h's would match."""
+    layout = torch.channels_last if x_gates.dim() == 4 and not x_gates.is_contiguous() \
+        and x_gates.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    shape = (x_gates.shape[0], conv_h[0].out_channels, *x_gates.shape[2:])
+    gates = torch.empty(shape, dtype=x_gates.dtype, device=x_gates.device, memory_format=layout).zero_()
+    return conv_h[1:](gates) if len(conv_h) > 1 else gates
 
 
 def _common_dtype(*gates):
