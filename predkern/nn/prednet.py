@@ -136,8 +136,11 @@ class PredNet(nn.Module):
                 a = prediction
             r_up = None
             for l in reversed(range(L)):  # top-down: the representation units
-                x = torch.cat([r[l], e[l]] if r_up is None else [r[l], e[l], r_up], dim=1)
-                gates = F.conv2d(x, weights[l], padding="same")
+                if t == 0:
+                    gates = _first_step_gates(weights[l], r_up, like=r[l])
+                else:
+                    x = torch.cat([r[l], e[l]] if r_up is None else [r[l], e[l], r_up], dim=1)
+                    gates = F.conv2d(x, weights[l], padding="same")
                 r[l], c[l] = ops.convlstm_gates(gates, c[l], bias=biases[l], gate_order="ifgo",
                                                 gate_act="hard_sigmoid")
                 if l > 0:
@@ -188,6 +191,18 @@ class PredNet(nn.Module):
         return (f"stack_sizes={self.stack_sizes}, R_stack_sizes={self.R_stack_sizes}, "
                 f"pixel_max={self.pixel_max}, output_mode={self.output_mode!r}, "
                 f"extrap_start_time={self.extrap_start_time}")
+
+
+def _first_step_gates(weight: Tensor, r_up: Optional[Tensor], like: Tensor) -> Tensor:
+    """The gate convs' output, bias aside, at t = 0, where R and E are zeros: only the upsampled
+    R of the layer above (the last input channels) reaches them, so the conv runs on it alone;
+    the top layer, which has none, gets zeros (in the dtype its conv would give). Exact, and a
+    conv's work saved per layer, most of the first step's gate convs (PredNet's R_0 = E_0 = 0)."""
+    if r_up is not None:
+        return F.conv2d(r_up, weight[:, -r_up.shape[1]:], padding="same")
+    device = like.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
+    return like.new_zeros((like.shape[0], weight.shape[0], *like.shape[2:]), dtype=dtype)
 
 
 def prednet_loss(errors: Tensor, layer_weights: Union[str, Sequence[float], Tensor] = "L_0",
