@@ -18,6 +18,8 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   const bool hard = p.act == GateAct::HardSigmoid;
   const bool has_gh = p.gates_h.ptr, has_bias = p.bias.ptr, has_peep = p.peephole.ptr;
   const bool save = p.saved_gates.ptr;
+  const bool st = streams(p.B * C * p.S, sizeof(G) + sizeof(S) + (save ? 4 * sizeof(T) : 0),
+                          save ? 4 * sizeof(T) : std::max(sizeof(G), sizeof(S)));
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
@@ -35,11 +37,11 @@ void forward_typed(const ConvLSTMGatesForward& p) {
       if (has_peep)
         for (int k = 0; k < 3; ++k) w[k] = run_of<const S>(p.peephole, k, o, 0, si);
       const auto c = run_of<const S>(p.c, b, o, 0, si);
-      const auto h_out = run_of<G>(p.h_new, b, o, 0, si);
-      const auto c_out = run_of<S>(p.c_new, b, o, 0, si);
+      const auto h_out = run_of<G>(p.h_new, b, o, 0, si, st);
+      const auto c_out = run_of<S>(p.c_new, b, o, 0, si, st);
       Run<T> saved[4];
       if (save)
-        for (int k = 0; k < 4; ++k) saved[k] = run_of<T>(p.saved_gates, b, o, k * C, si);
+        for (int k = 0; k < 4; ++k) saved[k] = run_of<T>(p.saved_gates, b, o, k * C, si, st);
 
       // A chunk of the row in three steps (i and g, then f and c_new, then o and h), each with
       // at most eight streams open: all of them would map to the same L1 sets (NCHW blocks lie
@@ -87,6 +89,7 @@ void forward_typed(const ConvLSTMGatesForward& p) {
         }
       }
     }
+    stream_fence();
   });
 }
 
@@ -98,6 +101,7 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool hard = p.act == GateAct::HardSigmoid;
   const bool has_dh = p.grad_h.ptr, has_dcn = p.grad_c_new.ptr, has_peep = p.peephole.ptr;
+  const bool st = streams(p.B * C * p.S, 4 * sizeof(G) + sizeof(S), 4 * sizeof(G));
   const Vectorized<T> zero(T(0)), one(T(1));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
@@ -109,14 +113,14 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
       Run<const S> w[3];
       for (int k = 0; k < 4; ++k) {
         saved[k] = run_of<const T>(p.saved_gates, b, o, k * C, si);
-        dz_out[k] = run_of<G>(p.grad_gates, b, o, p.slot_block[k] * C, si);
+        dz_out[k] = run_of<G>(p.grad_gates, b, o, p.slot_block[k] * C, si, st);
       }
       if (has_peep)
         for (int k = 0; k < 3; ++k) w[k] = run_of<const S>(p.peephole, k, o, 0, si);
       const auto c = run_of<const S>(p.c, b, o, 0, si);
       const auto dh_in = has_dh ? run_of<const G>(p.grad_h, b, o, 0, si) : Run<const G>{};
       const auto dcn_in = has_dcn ? run_of<const S>(p.grad_c_new, b, o, 0, si) : Run<const S>{};
-      const auto dc_out = run_of<S>(p.grad_c, b, o, 0, si);
+      const auto dc_out = run_of<S>(p.grad_c, b, o, 0, si, st);
 
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t n = std::min(V, rs.inner - j);
@@ -151,6 +155,7 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
         store(dc_out, j, n, dc);
       }
     }
+    stream_fence();
   });
 }
 

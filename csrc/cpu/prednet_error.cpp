@@ -48,6 +48,7 @@ void forward_typed(const PredNetErrorForward& p) {
   const RowSpace rs = row_space(p.N, p.C, p.S, p.a_hat_out);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner, want_mean = p.e_mean != nullptr;
+  const bool st = streams(p.N * C * p.S, 3 * sizeof(G), 2 * sizeof(G));
   const Vectorized<T> clip(clip_value<G, T>(p.opt));
   // e's block of relu(p - a) and of relu(a - p).
   const int64_t pos_off = p.opt.target_first ? C : 0, neg_off = p.opt.target_first ? 0 : C;
@@ -58,9 +59,9 @@ void forward_typed(const PredNetErrorForward& p) {
       const int64_t n = row / outer_n, o = row % outer_n;
       const auto a = run_of<const G>(p.a, n, o, 0, si);
       const auto ah = run_of<const G>(p.a_hat, n, o, 0, si);
-      const auto e_pos = run_of<G>(p.e, n, o, pos_off, si);
-      const auto e_neg = run_of<G>(p.e, n, o, neg_off, si);
-      const auto out = run_of<G>(p.a_hat_out, n, o, 0, si);
+      const auto e_pos = run_of<G>(p.e, n, o, pos_off, si, st);
+      const auto e_neg = run_of<G>(p.e, n, o, neg_off, si, st);
+      const auto out = run_of<G>(p.a_hat_out, n, o, 0, si, st);
       // The float lanes go into a double every kFlush vectors, so a long row (2^30 positions)
       // keeps its digits: a float running sum stops growing once it is 2^24 times the terms.
       constexpr int kFlush = 64;
@@ -87,6 +88,7 @@ void forward_typed(const PredNetErrorForward& p) {
       }
       if (want_mean) row_sum[row] = row_total + lane_sum(sum);
     }
+    stream_fence();
   });
   if (!want_mean) return;
   const double count = 2.0 * static_cast<double>(C) * static_cast<double>(p.S);
@@ -106,6 +108,7 @@ void backward_typed(const PredNetErrorBackward& p) {
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner;
   const bool has_e = p.grad_e.ptr, has_out = p.grad_a_hat_out.ptr, has_mean = p.grad_e_mean;
+  const bool st = streams(p.N * C * p.S, 2 * sizeof(G), sizeof(G));
   const Vectorized<T> zero(T(0)), clip(clip_value<G, T>(p.opt));
   const int64_t pos_off = p.opt.target_first ? C : 0, neg_off = p.opt.target_first ? 0 : C;
   const T count = static_cast<T>(2.0 * static_cast<double>(C) * static_cast<double>(p.S));
@@ -118,8 +121,8 @@ void backward_typed(const PredNetErrorBackward& p) {
       const auto ge_pos = has_e ? run_of<const G>(p.grad_e, n, o, pos_off, si) : Run<const G>{};
       const auto ge_neg = has_e ? run_of<const G>(p.grad_e, n, o, neg_off, si) : Run<const G>{};
       const auto g_out = has_out ? run_of<const G>(p.grad_a_hat_out, n, o, 0, si) : Run<const G>{};
-      const auto ga = run_of<G>(p.grad_a, n, o, 0, si);
-      const auto gah = run_of<G>(p.grad_a_hat, n, o, 0, si);
+      const auto ga = run_of<G>(p.grad_a, n, o, 0, si, st);
+      const auto gah = run_of<G>(p.grad_a_hat, n, o, 0, si, st);
       // grad_e_mean[n] / (2 C S) reaches every element of e (torch.mean's backward).
       const Vectorized<T> g_mean(
           has_mean ? static_cast<T>(static_cast<const G*>(p.grad_e_mean)[n]) / count : T(0));
@@ -145,6 +148,7 @@ void backward_typed(const PredNetErrorBackward& p) {
         store(gah, j, m, g_p);
       }
     }
+    stream_fence();
   });
 }
 

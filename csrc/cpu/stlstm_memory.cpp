@@ -18,6 +18,8 @@ void forward_typed(const STLSTMMemoryForward& p) {
   const RowSpace rs = row_space(p.B, p.C, p.S, p.mem);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner, deltas = p.delta_c.ptr, save = p.gates.ptr;
+  const bool st = streams(p.B * C * p.S, 2 * sizeof(S) + (deltas ? 2 * sizeof(G) : 0) + (save ? 6 * sizeof(T) : 0),
+                          save ? 6 * sizeof(T) : 2 * sizeof(S));
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
   // half 0: c' from c and h_cat; half 1: m' from m and m_cat
@@ -29,11 +31,11 @@ void forward_typed(const STLSTMMemoryForward& p) {
     for (int k = 0; k < 3; ++k) {
       x[k] = run_of<const G>(p.x_cat, b, o, (3 * half + k) * C, si);
       y[k] = run_of<const G>(other, b, o, k * C, si);
-      if (save) gates[k] = run_of<T>(p.gates, b, o, (3 * half + k) * C, si);
+      if (save) gates[k] = run_of<T>(p.gates, b, o, (3 * half + k) * C, si, st);
     }
     const auto state = run_of<const S>(half ? p.m : p.c, b, o, 0, si);
-    const auto state_out = run_of<S>(p.mem, b, o, half * C, si);
-    const auto delta_out = deltas ? run_of<G>(half ? p.delta_m : p.delta_c, b, o, 0, si) : Run<G>{};
+    const auto state_out = run_of<S>(p.mem, b, o, half * C, si, st);
+    const auto delta_out = deltas ? run_of<G>(half ? p.delta_m : p.delta_c, b, o, 0, si, st) : Run<G>{};
     for (int64_t j = 0; j < rs.inner; j += V) {
       const int64_t n = std::min(V, rs.inner - j);
       Vectorized<T> z[3];
@@ -59,6 +61,7 @@ void backward_typed(const STLSTMMemoryBackward& p) {
   const RowSpace rs = row_space(p.B, p.C, p.S, p.grad_c);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner, has_dmem = p.grad_mem.ptr;
+  const bool st = streams(p.B * C * p.S, 14 * sizeof(G) + 2 * sizeof(S), 7 * sizeof(G));
   const Vectorized<T> zero(T(0)), one(T(1));
 
   // half 0: c's path (i, f, g); half 1: m's (i', f', g')
@@ -70,13 +73,13 @@ void backward_typed(const STLSTMMemoryBackward& p) {
     Run<G> gx[3], gy[3];  // gy: the same gate grads in h_cat (c's path) or m_cat (m's path)
     for (int k = 0; k < 3; ++k) {
       gates[k] = run_of<const T>(p.gates, b, o, (3 * half + k) * C, si);
-      gx[k] = run_of<G>(p.grad_x_cat, b, o, (3 * half + k) * C, si);
-      gy[k] = run_of<G>(half ? p.grad_m_cat : p.grad_h_cat, b, o, k * C, si);
+      gx[k] = run_of<G>(p.grad_x_cat, b, o, (3 * half + k) * C, si, st);
+      gy[k] = run_of<G>(half ? p.grad_m_cat : p.grad_h_cat, b, o, k * C, si, st);
     }
     const auto state = run_of<const S>(half ? p.m : p.c, b, o, 0, si);
     const auto dnew_in = has_dmem ? run_of<const S>(p.grad_mem, b, o, half * C, si) : Run<const S>{};
     const auto dd_in = has_dd ? run_of<const G>(grad_delta, b, o, 0, si) : Run<const G>{};
-    const auto gstate_out = run_of<S>(half ? p.grad_m : p.grad_c, b, o, 0, si);
+    const auto gstate_out = run_of<S>(half ? p.grad_m : p.grad_c, b, o, 0, si, st);
     for (int64_t j = 0; j < rs.inner; j += V) {
       const int64_t n = std::min(V, rs.inner - j);
       const auto i = load<T>(gates[0], j, n), f = load<T>(gates[1], j, n), g = load<T>(gates[2], j, n);
@@ -102,8 +105,8 @@ void backward_typed(const STLSTMMemoryBackward& p) {
   // the o blocks of grad_x_cat and grad_h_cat: stage 1 does not read them
   const auto zero_o_blocks = [&](int64_t row) {
     const int64_t b = row / outer_n, o = row % outer_n;
-    const auto gxo = run_of<G>(p.grad_x_cat, b, o, 6 * C, si);
-    const auto gho = run_of<G>(p.grad_h_cat, b, o, 3 * C, si);
+    const auto gxo = run_of<G>(p.grad_x_cat, b, o, 6 * C, si, st);
+    const auto gho = run_of<G>(p.grad_h_cat, b, o, 3 * C, si, st);
     for (int64_t j = 0; j < rs.inner; j += V) {
       const int64_t n = std::min(V, rs.inner - j);
       store(gxo, j, n, zero);

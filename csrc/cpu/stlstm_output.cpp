@@ -14,6 +14,7 @@ void forward_typed(const STLSTMOutputForward& p) {
   const RowSpace rs = row_space(p.B, p.C, p.S, p.h_new);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool save = p.o_gate.ptr;
+  const bool st = streams(p.B * C * p.S, (save ? 3 : 1) * sizeof(G), sizeof(G));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -23,9 +24,9 @@ void forward_typed(const STLSTMOutputForward& p) {
       const auto h_o = run_of<const G>(p.h_cat, b, o, 3 * C, si);
       const auto oc = run_of<const G>(p.o_conv, b, o, 0, si);
       const auto lc = run_of<const G>(p.last_conv, b, o, 0, si);
-      const auto h_out = run_of<G>(p.h_new, b, o, 0, si);
-      const auto o_out = save ? run_of<G>(p.o_gate, b, o, 0, si) : Run<G>{};
-      const auto t_out = save ? run_of<G>(p.tanh_last, b, o, 0, si) : Run<G>{};
+      const auto h_out = run_of<G>(p.h_new, b, o, 0, si, st);
+      const auto o_out = save ? run_of<G>(p.o_gate, b, o, 0, si, st) : Run<G>{};
+      const auto t_out = save ? run_of<G>(p.tanh_last, b, o, 0, si, st) : Run<G>{};
       for (int64_t j = 0; j < rs.inner; j += V) {
         const int64_t n = std::min(V, rs.inner - j);
         const auto og = sigmoid(load<T>(x_o, j, n) + load<T>(h_o, j, n) + load<T>(oc, j, n));
@@ -37,6 +38,7 @@ void forward_typed(const STLSTMOutputForward& p) {
         }
       }
     }
+    stream_fence();
   });
 }
 
@@ -49,6 +51,7 @@ void backward_typed(const STLSTMOutputBackward& p) {
   const RowSpace rs = row_space(p.B, p.C, p.S, p.grad_o_conv);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner;
+  const bool st = streams(p.B * C * p.S, 13 * sizeof(G), 7 * sizeof(G));
   const Vectorized<T> zero(T(0)), one(T(1));
 
   const auto grads = [&](int64_t row) {
@@ -56,10 +59,10 @@ void backward_typed(const STLSTMOutputBackward& p) {
     const auto dh = run_of<const G>(p.grad_h, b, o, 0, si);
     const auto og = run_of<const G>(p.o_gate, b, o, 0, si);
     const auto tl = run_of<const G>(p.tanh_last, b, o, 0, si);
-    const auto gxo = run_of<G>(p.grad_x_cat, b, o, 6 * C, si);
-    const auto gho = run_of<G>(p.grad_h_cat, b, o, 3 * C, si);
-    const auto goc = run_of<G>(p.grad_o_conv, b, o, 0, si);
-    const auto glc = run_of<G>(p.grad_last_conv, b, o, 0, si);
+    const auto gxo = run_of<G>(p.grad_x_cat, b, o, 6 * C, si, st);
+    const auto gho = run_of<G>(p.grad_h_cat, b, o, 3 * C, si, st);
+    const auto goc = run_of<G>(p.grad_o_conv, b, o, 0, si, st);
+    const auto glc = run_of<G>(p.grad_last_conv, b, o, 0, si, st);
     for (int64_t j = 0; j < rs.inner; j += V) {
       const int64_t n = std::min(V, rs.inner - j);
       const auto g = load<T>(dh, j, n), o_ = load<T>(og, j, n), t = load<T>(tl, j, n);
@@ -74,8 +77,8 @@ void backward_typed(const STLSTMOutputBackward& p) {
   // zero block k < 6 of grad_x_cat, or block k - 6 of grad_h_cat: stage 1's blocks
   const auto zero_block = [&](int k, int64_t row) {
     const int64_t b = row / outer_n, o = row % outer_n;
-    const auto out = k < 6 ? run_of<G>(p.grad_x_cat, b, o, k * C, si)
-                           : run_of<G>(p.grad_h_cat, b, o, (k - 6) * C, si);
+    const auto out = k < 6 ? run_of<G>(p.grad_x_cat, b, o, k * C, si, st)
+                           : run_of<G>(p.grad_h_cat, b, o, (k - 6) * C, si, st);
     for (int64_t j = 0; j < rs.inner; j += V) store(out, j, std::min(V, rs.inner - j), zero);
   };
   const auto pass = [&](int k, int64_t row) {
