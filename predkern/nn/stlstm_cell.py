@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from predkern import ops
+from predkern.ops._tensors import empty, with_channels
 from predkern.nn._signature import frame_and_conv
 
 
@@ -79,10 +80,7 @@ def zero_state_conv(conv_h: nn.Sequential, x_gates):
     A model's first step so skips a conv per layer, forward and backward (the weight's gradient
     from a zero input is zero). Shaped, typed and laid out as x_gates, conv_x's output, which
     conv_h's would match."""
-    layout = torch.channels_last if x_gates.dim() == 4 and not x_gates.is_contiguous() \
-        and x_gates.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    shape = (x_gates.shape[0], conv_h[0].out_channels, *x_gates.shape[2:])
-    gates = torch.empty(shape, dtype=x_gates.dtype, device=x_gates.device, memory_format=layout).zero_()
+    gates = empty(with_channels(x_gates, conv_h[0].out_channels), x_gates, x_gates.dtype).zero_()
     return conv_h[1:](gates) if len(conv_h) > 1 else gates
 
 
