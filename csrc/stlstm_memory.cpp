@@ -1,6 +1,5 @@
 // stlstm_memory for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of the
 // schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 2, stage 1).
-#include <ATen/OpMathType.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
@@ -53,9 +52,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
     return return_deltas ? empty_like_format(c.sizes(), x, x.scalar_type()) : at::empty({0}, x.options());
   };
   const auto delta_c = delta(), delta_m = delta();
+  // The gates saved for backward are in the gates' dtype, as eager saves its activations: under
+  // autocast the float32 state would otherwise double their bytes, the bulk of what a step saves.
   const auto gates =
-      save ? empty_like_format(with_channels(x, 6 * p.C), x, at::toOpMathType(c.scalar_type()))
-           : at::empty({0}, c.options().dtype(at::toOpMathType(c.scalar_type())));
+      save ? empty_like_format(with_channels(x, 6 * p.C), x, x.scalar_type()) : at::empty({0}, x.options());
   if (mem.numel() == 0) return {mem, delta_c, delta_m, gates};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
@@ -84,7 +84,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward_impl(const Tensor& x, const T
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
     const OptTensor& grad_mem, const OptTensor& grad_delta_c, const OptTensor& grad_delta_m,
     const Tensor& gates, const Tensor& c, const Tensor& m, at::ScalarType gate_dtype) {
-  // gates (compute dtype), c and m come from the forward; the rest is checked against them.
+  // gates (gate dtype), c and m come from the forward; the rest is checked against them.
   check_tensor(kOp, gates, "gates", gates);
   const int64_t C = check_stacked(kOp, gates, "gates", 6, "gate slots");
   const auto state_shape = with_channels(gates, C);
@@ -94,7 +94,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward_kernel(
   }
   check_dtype(kOp, m, "m", c.scalar_type(), "c");
   check_state_dtype(kOp, c, "c", gate_dtype);
-  check_dtype(kOp, gates, "gates", at::toOpMathType(c.scalar_type()), "c's compute type");
+  check_dtype(kOp, gates, "gates", gate_dtype, "the gates");
   if (grad_mem) {
     check_tensor(kOp, *grad_mem, "grad_mem", gates);
     check_shape(kOp, *grad_mem, "grad_mem", with_channels(gates, 2 * C), "(B, 2*C, *spatial)");
@@ -173,7 +173,7 @@ class STLSTMMemoryFunction : public torch::autograd::Function<STLSTMMemoryFuncti
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [mem, delta_c, delta_m, gates] = op.call(x, h, mc, c, m, forget_bias, return_deltas);
     ctx->set_materialize_grads(false);
-    // Saved: the six gates (6C, compute dtype) plus the inputs c and m.
+    // Saved: the six gates (6C, gate dtype) plus the inputs c and m.
     ctx->save_for_backward({gates, c, m});
     ctx->saved_data["gate_dtype"] = x.scalar_type();
     ctx->saved_data["return_deltas"] = return_deltas;

@@ -18,8 +18,8 @@ enum STLSTMSlot : int { kSI = 0, kSF = 1, kSG = 2, kSIm = 3, kSFm = 4, kSGm = 5 
 
 struct STLSTMMemoryForward {
   int64_t B = 0, C = 0, S = 0;
-  DType gate_dtype = DType::Float32;   // x_cat, h_cat, m_cat, delta_c, delta_m
-  DType state_dtype = DType::Float32;  // c, m, mem (gates: float32 or float64)
+  DType gate_dtype = DType::Float32;   // x_cat, h_cat, m_cat, delta_c, delta_m, gates
+  DType state_dtype = DType::Float32;  // c, m, mem
   double forget_bias = 1.0;
   View3 x_cat, h_cat, m_cat, c, m;
   View3 mem;                // output (B, 2C, S): c' in channels [0, C), m' in [C, 2C)

@@ -53,6 +53,20 @@ def half_no_worse_than_eager(backend, op, x, opts=None):
         assert not bad.any(), f"{k}: {bad.sum().item()} elements worse than 2x eager + {atol:.2g}"
 
 
+def saved_bytes(fn):
+    """(fn(), the bytes autograd keeps for its backward: distinct storages, as
+    saved_tensors_hooks see them)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(storages.values())
+
+
 def raises_naming_the_argument(backend, fn, case, device):
     """A bad-input case (name, kwargs, exception type, words) raises before any kernel runs, with
     a message naming `name`, and leaves every input as it was."""

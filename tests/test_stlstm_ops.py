@@ -6,7 +6,7 @@ import torch
 import predkern
 from predkern import backends, reference
 from conftest import backend_device
-from oracle import check, half_no_worse_than_eager, outputs_and_grads, raises_naming_the_argument
+from oracle import check, half_no_worse_than_eager, outputs_and_grads, raises_naming_the_argument, saved_bytes
 from tensors import LAYOUTS, expanded, float64_copy, max_error_over_scale, rand
 
 SPATIAL = {"2d": (5, 7), "nospatial": (), "1d": (11,), "3d": (2, 3, 5)}
@@ -126,6 +126,21 @@ def test_half_precision_no_worse_than_eager(backend, op, dtype, state):
     x = (memory_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device)
          if op == "stlstm_memory" else output_inputs(C=8, spatial=(6, 6), dtype=dtype, device=device))
     half_no_worse_than_eager(backend, op, x)
+
+
+@pytest.mark.parametrize("dtype,state", [(torch.float32, None), (torch.float16, None),
+                                         (torch.bfloat16, torch.float32)], ids=["fp32", "fp16", "bf16_fp32state"])
+def test_memory_saves_no_more_than_eager(backend, dtype, state):
+    """Stage 1 saves its six gates in the gates' dtype, as eager keeps its activations, and c and
+    m: no more bytes than eager autograd keeps, also under autocast's mix (float32 gates would
+    double them there)."""
+    device = backend_device(backend)
+    x = {k: v.requires_grad_() for k, v in
+         memory_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device).items()}
+    _, eager = saved_bytes(lambda: reference.stlstm_memory(**x))
+    with backends.use(backend):
+        _, ours = saved_bytes(lambda: predkern.stlstm_memory(**x))
+    assert ours <= eager, f"{ours} bytes saved, eager {eager}"
 
 
 def _bad_memory_cases():

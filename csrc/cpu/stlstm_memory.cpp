@@ -18,8 +18,8 @@ void forward_typed(const STLSTMMemoryForward& p) {
   const RowSpace rs = row_space(p.B, p.C, p.S, p.mem);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool si = rs.space_inner, deltas = p.delta_c.ptr, save = p.gates.ptr;
-  const bool st = streams(p.B * C * p.S, 2 * sizeof(S) + (deltas ? 2 * sizeof(G) : 0) + (save ? 6 * sizeof(T) : 0),
-                          save ? 6 * sizeof(T) : 2 * sizeof(S));
+  const bool st = streams(p.B * C * p.S, 2 * sizeof(S) + (deltas ? 2 * sizeof(G) : 0) + (save ? 6 * sizeof(G) : 0),
+                          std::max(2 * sizeof(S), save ? 6 * sizeof(G) : 0));
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
   // half 0: c' from c and h_cat; half 1: m' from m and m_cat
@@ -27,11 +27,11 @@ void forward_typed(const STLSTMMemoryForward& p) {
     const int64_t b = row / outer_n, o = row % outer_n;
     const View3& other = half ? p.m_cat : p.h_cat;
     Run<const G> x[3], y[3];
-    Run<T> gates[3];
+    Run<G> gates[3];
     for (int k = 0; k < 3; ++k) {
       x[k] = run_of<const G>(p.x_cat, b, o, (3 * half + k) * C, si);
       y[k] = run_of<const G>(other, b, o, k * C, si);
-      if (save) gates[k] = run_of<T>(p.gates, b, o, (3 * half + k) * C, si, st);
+      if (save) gates[k] = run_of<G>(p.gates, b, o, (3 * half + k) * C, si, st);
     }
     const auto state = run_of<const S>(half ? p.m : p.c, b, o, 0, si);
     const auto state_out = run_of<S>(p.mem, b, o, half * C, si, st);
@@ -69,10 +69,10 @@ void backward_typed(const STLSTMMemoryBackward& p) {
     const int64_t b = row / outer_n, o = row % outer_n;
     const View3& grad_delta = half ? p.grad_delta_m : p.grad_delta_c;
     const bool has_dd = grad_delta.ptr;
-    Run<const T> gates[3];
+    Run<const G> gates[3];
     Run<G> gx[3], gy[3];  // gy: the same gate grads in h_cat (c's path) or m_cat (m's path)
     for (int k = 0; k < 3; ++k) {
-      gates[k] = run_of<const T>(p.gates, b, o, (3 * half + k) * C, si);
+      gates[k] = run_of<const G>(p.gates, b, o, (3 * half + k) * C, si);
       gx[k] = run_of<G>(p.grad_x_cat, b, o, (3 * half + k) * C, si, st);
       gy[k] = run_of<G>(half ? p.grad_m_cat : p.grad_h_cat, b, o, k * C, si, st);
     }

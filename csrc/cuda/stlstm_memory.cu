@@ -37,7 +37,7 @@ struct FwdArgs {
   S* mem = nullptr;  // (B, 2C, S): c' then m'
   G* dc = nullptr;   // optional delta_c
   G* dm = nullptr;   // optional delta_m
-  OpMath<G>* gates = nullptr;  // optional gates (B, 6C, S): i, f, g, i', f', g', compute dtype
+  G* gates = nullptr;  // optional gates (B, 6C, S): i, f, g, i', f', g', gate dtype
   Str<I> x_s, h_s, mc_s, c_s, m_s, mem_s, dc_s, dm_s, gates_s;
   I x_blk[6] = {0, 0, 0, 0, 0, 0};  // offset of channel block k
   I h_blk[3] = {0, 0, 0};
@@ -108,7 +108,7 @@ FwdArgs<G, S, I> make_fwd_args(const STLSTMMemoryForward& p) {
   a.mem = static_cast<S*>(p.mem.ptr);
   a.dc = static_cast<G*>(p.delta_c.ptr);
   a.dm = static_cast<G*>(p.delta_m.ptr);
-  a.gates = static_cast<OpMath<G>*>(p.gates.ptr);
+  a.gates = static_cast<G*>(p.gates.ptr);
   a.x_s = make_str<I>(p.x_cat);
   a.h_s = make_str<I>(p.h_cat);
   a.mc_s = make_str<I>(p.m_cat);
@@ -165,7 +165,7 @@ struct BwdArgs {
   const S* gmem = nullptr;  // optional grad_mem (B, 2C, S)
   const G* gdc = nullptr;   // optional grad_delta_c
   const G* gdm = nullptr;   // optional grad_delta_m
-  const OpMath<G>* gates = nullptr;  // (B, 6C, S): i, f, g, i', f', g'
+  const G* gates = nullptr;  // (B, 6C, S): i, f, g, i', f', g'
   const S* c = nullptr;
   const S* m = nullptr;
   G* gx = nullptr;   // grad_x_cat (B, 7C, S)
@@ -275,7 +275,7 @@ BwdArgs<G, S, I> make_bwd_args(const STLSTMMemoryBackward& p) {
   a.gmem = static_cast<const S*>(p.grad_mem.ptr);
   a.gdc = static_cast<const G*>(p.grad_delta_c.ptr);
   a.gdm = static_cast<const G*>(p.grad_delta_m.ptr);
-  a.gates = static_cast<const OpMath<G>*>(p.gates.ptr);
+  a.gates = static_cast<const G*>(p.gates.ptr);
   a.c = static_cast<const S*>(p.c.ptr);
   a.m = static_cast<const S*>(p.m.ptr);
   a.gx = static_cast<G*>(p.grad_x_cat.ptr);

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops._tensors import as3, compute_dtype, empty, with_channels
+from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "stlstm_memory"
 X_BLOCKS = "blocks (i, f, g, i', f', g', o)"
@@ -80,9 +80,10 @@ def _outputs(x_cat, c, return_deltas, save):
             return empty(with_channels(x_cat, C), x_cat, x_cat.dtype)
         return torch.empty((0,), dtype=x_cat.dtype, device=x_cat.device)
 
-    # the gates saved for backward, in the compute dtype: never rounded to a half
-    gates = (empty(with_channels(x_cat, 6 * C), x_cat, compute_dtype(c.dtype)) if save
-               else torch.empty((0,), dtype=compute_dtype(c.dtype), device=c.device))
+    # the gates saved for backward, in the gates' dtype as eager saves them (under autocast the
+    # float32 state would double their bytes, the bulk of what a step saves)
+    gates = (empty(with_channels(x_cat, 6 * C), x_cat, x_cat.dtype) if save
+             else torch.empty((0,), dtype=x_cat.dtype, device=x_cat.device))
     return empty(with_channels(x_cat, 2 * C), x_cat, c.dtype), delta(), delta(), gates
 
 

@@ -15,8 +15,8 @@ copied. Block j of a (B, k*C, S) view is channels [j*C, (j+1)*C).
 The launchers do no argument checking, no allocation and no autograd: the caller validates,
 allocates the outputs and wraps autograd. Math runs in float32 (float64 when the state ``c``/``m``
 is float64) and is rounded once on store into each pointer's own dtype (the autocast mix: gates,
-deltas and their grads in float16/bfloat16, c, m, mem and their grads in float32); gates are
-always in the compute dtype, float32 for half inputs. The backward needs only the gates' values
+deltas, the saved gates and their grads in float16/bfloat16, c, m, mem and their grads in
+float32). The backward needs only the gates' values
 (sigmoid' = a (1 - a), tanh' = 1 - t^2), so it computes no exp.
 
 The backward is eager autograd's, associated as it is (grad first; sigmoid' as grad*(1-a)*a,
