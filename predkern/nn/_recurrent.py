@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from predkern.nn.stlstm_cell import merged_weights_once
+from predkern.nn.stlstm_cell import autocast_conv_dtype, merged_weights_once
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,12 @@ class RecurrentFramePredictor(nn.Module):
         channels_last = kwargs.pop("_channels_last", None)
         if channels_last is None and _channels_last_convs(frames_tensor.device):
             # the conv weights in channels-last once per sequence (differentiable copies), not
-            # once per conv call as each conv would otherwise convert them
-            weights = {name: p.contiguous(memory_format=torch.channels_last) if p.dim() == 4 else p
-                       for name, p in self.named_parameters()}
+            # once per conv call as each conv would otherwise convert them; under autocast also in
+            # its dtype: autocast caches its cast of a leaf weight, but would cast these copies
+            # anew at every conv, each cast saved for the backward (40 MiB of PredRNN-V2's 124
+            # at the bench's CPU train config)
+            weights = {name: p.to(dtype=autocast_conv_dtype(p), memory_format=torch.channels_last)
+                       if p.dim() == 4 else p for name, p in self.named_parameters()}
             return torch.func.functional_call(self, weights, (frames_tensor, mask_true),
                                               {"return_loss": return_loss, "_channels_last": True, **kwargs})
         layout = torch.channels_last if channels_last else torch.contiguous_format

@@ -115,7 +115,18 @@ def _conv_o_and_last(cell, mem):
         if len(cell.conv_o) > 1:
             o_conv = cell.conv_o[1](o_conv)
         return o_conv, last_conv
+    # under autocast, mem cast once for both convs (autocast would cast it for each, and each conv
+    # would save its own copy for the backward)
+    mem = mem.to(autocast_conv_dtype(mem))
     return cell.conv_o(mem), cell.conv_last(mem)
+
+
+def autocast_conv_dtype(t):
+    """The dtype autocast gives `t` as a conv's input: its lower-precision dtype where autocast
+    is on for t's device (it leaves float64 alone), else t's own."""
+    if t.dtype == torch.float64 or not torch.is_autocast_enabled(t.device.type):
+        return t.dtype
+    return torch.get_autocast_dtype(t.device.type)
 
 
 def _merged_weight(cell, mem):
@@ -123,7 +134,7 @@ def _merged_weight(cell, mem):
     merged_weights_once (each step's own copy, saved by its conv for the backward, took 475 MiB
     in float32 at the Moving MNIST config), and in the autocast dtype where autocast is on (as
     autocast caches its cast of a leaf weight; this one is not a leaf)."""
-    dtype = torch.get_autocast_dtype(mem.device.type) if torch.is_autocast_enabled(mem.device.type) else None
+    dtype = autocast_conv_dtype(cell.conv_o[0].weight)
     cache = cell.__dict__.get("_predkern_merged_weight")
     key = (dtype, torch.is_grad_enabled())
     if cache is not None and key in cache:
@@ -137,7 +148,7 @@ def _merged_weight(cell, mem):
 def _build_merged_weight(cell, dtype):
     p = cell.conv_o[0].kernel_size[0] // 2
     weight = torch.cat([cell.conv_o[0].weight, F.pad(cell.conv_last.weight, (p, p, p, p))], dim=0)
-    return weight if dtype is None else weight.to(dtype)
+    return weight.to(dtype)
 
 
 @contextlib.contextmanager
