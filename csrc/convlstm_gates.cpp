@@ -40,6 +40,19 @@ GateAct gate_act_of(const std::string& act) {
   return GateAct::HardSigmoid;
 }
 
+// Whether saved_gates is in the gates' own dtype, as eager keeps its activations (under autocast a
+// float32 copy would double what a step saves), or in the compute dtype: with hard_sigmoid, whose
+// arguments rounded to a half could land on the other side of a kink (an O(1) wrong gradient),
+// and with peepholes, whose gradient sums products over the batch that a rounded gate would put
+// past twice eager's error (tests/test_convlstm_gates.py).
+bool saved_gates_in_gate_dtype(GateAct act, bool peephole) {
+  return act == GateAct::Sigmoid && !peephole;
+}
+
+at::ScalarType saved_gates_dtype(at::ScalarType gate_dtype, GateAct act, bool peephole) {
+  return saved_gates_in_gate_dtype(act, peephole) ? gate_dtype : at::toOpMathType(gate_dtype);
+}
+
 // SPEC.md section 5: bad input raises before any kernel runs, naming the argument.
 // gate_dtype: the gates' dtype where gx is not the gates (the backward passes saved_gates).
 void check_inputs(const Tensor& gx, const Tensor& c, const OptTensor& gh, const OptTensor& bias,
@@ -88,9 +101,10 @@ std::tuple<Tensor, Tensor, Tensor> forward_impl(const Tensor& gx, const Tensor& 
   // Outputs follow gates_x's memory format (SPEC.md section 5).
   const auto h_new = empty_like_format(c.sizes(), gx, gx.scalar_type());
   const auto c_new = empty_like_format(c.sizes(), gx, c.scalar_type());
-  // saved_gates in the compute dtype: a half hard_sigmoid argument rounded onto a kink would give
-  // the backward an O(1) wrong gradient.
-  const auto saved_gates = save ? empty_like_format(gx.sizes(), gx, at::toOpMathType(c.scalar_type())) : Tensor();
+  const bool has_peep = peep && peep->defined();
+  p.saved_in_gate_dtype = saved_gates_in_gate_dtype(p.act, has_peep);
+  const auto saved_gates =
+      save ? empty_like_format(gx.sizes(), gx, saved_gates_dtype(gx.scalar_type(), p.act, has_peep)) : Tensor();
   if (h_new.numel() == 0) return {h_new, c_new, saved_gates};
 
   Tensor k[9];  // keeps the 3-D views (and any copy) alive while the kernel runs
@@ -119,9 +133,11 @@ std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTenso
                                          const OptTensor& peep, at::ScalarType gate_dtype,
                                          const std::string& gate_order,
                                          const std::string& gate_act) {
-  // saved_gates (compute dtype), c and peephole come from the forward; the rest is checked against them.
+  // saved_gates, c and peephole come from the forward; the rest is checked against them.
   check_inputs(saved_gates, c, std::nullopt, std::nullopt, peep, gate_dtype);
-  check_dtype(kOp, saved_gates, "saved_gates", at::toOpMathType(c.scalar_type()), "c's compute type");
+  const bool has_peep = peep && peep->defined();
+  check_dtype(kOp, saved_gates, "saved_gates", saved_gates_dtype(gate_dtype, gate_act_of(gate_act), has_peep),
+              "the saved gates (see saved_gates_dtype)");
   if (grad_h) {
     check_tensor(kOp, *grad_h, "grad_h", saved_gates);
     check_shape(kOp, *grad_h, "grad_h", c.sizes(), "c.shape");
@@ -135,6 +151,7 @@ std::tuple<Tensor, Tensor> backward_impl(const OptTensor& grad_h, const OptTenso
   ConvLSTMGatesBackward p;
   std::copy_n(slot_blocks(gate_order).begin(), 4, p.slot_block);
   p.act = gate_act_of(gate_act);
+  p.saved_in_gate_dtype = saved_gates_in_gate_dtype(p.act, has_peep);
   p.gate_dtype = dtype_of(gate_dtype);
   p.state_dtype = dtype_of(c.scalar_type());
   p.B = saved_gates.size(0);

@@ -23,7 +23,7 @@ enum GateSlot : int { kI = 0, kF = 1, kG = 2, kO = 3 };
 struct ConvLSTMGatesForward {
   int64_t B = 0, C = 0, S = 0;
   DType gate_dtype = DType::Float32;   // gates_x, gates_h, h_new
-  DType state_dtype = DType::Float32;  // c, c_new, bias, peephole (saved_gates: compute dtype)
+  DType state_dtype = DType::Float32;  // c, c_new, bias, peephole
   GateAct act = GateAct::Sigmoid;
   int slot_block[4] = {0, 1, 2, 3};
   double forget_bias = 0.0;
@@ -35,8 +35,9 @@ struct ConvLSTMGatesForward {
   View3 saved_gates;       // optional output (B, 4C, S), slot order i, f, g, o, saved for backward:
                            // what each derivative needs, the values of sigmoid and tanh gates
                            // (y (1 - y), 1 - y^2: no exp in the backward) and the arguments of
-                           // hard_sigmoid gates (the side of a kink). In the compute dtype (float32
-                           // for half), never rounded, so the backward sees the forward's kink side
+                           // hard_sigmoid gates (the side of a kink). In the gate dtype where
+                           // saved_in_gate_dtype, else in the compute dtype (float32 for half)
+  bool saved_in_gate_dtype = false;  // see saved_gates_in_gate_dtype in convlstm_gates.cpp
 };
 
 struct ConvLSTMGatesBackward {
@@ -48,6 +49,7 @@ struct ConvLSTMGatesBackward {
   View3 grad_h, grad_c_new;  // (B, C, S) in the dtypes of h_new (gate) and c_new (state);
                              // either may be absent (no gradient reached it)
   View3 saved_gates;         // (B, 4C, S) slot order, as saved by the forward
+  bool saved_in_gate_dtype = false;  // as in the forward
   View3 c;                   // (B, C, S)
   View3 peephole;            // (3, C, S) optional
   View3 grad_gates;          // output (B, 4C, S) in gates_x's block order (gate dtype)

@@ -7,6 +7,7 @@ import predkern
 from predkern import backends, reference
 import tensors
 from conftest import backend_device
+from oracle import saved_bytes
 from tensors import float64_copy
 
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -232,11 +233,13 @@ def test_gradcheck(backend, gate_act):
 @pytest.mark.parametrize("dtype,state", [(torch.float16, None), (torch.bfloat16, None),
                                          (torch.float16, torch.float32), (torch.bfloat16, torch.float32)],
                          ids=["fp16", "bf16", "fp16_fp32state", "bf16_fp32state"])
-def test_half_precision_no_worse_than_eager(backend, dtype, state):
+@pytest.mark.parametrize("peephole", [True, False], ids=["peephole", "no_peephole"])
+def test_half_precision_no_worse_than_eager(backend, dtype, state, peephole):
+    """Without peepholes the saved sigmoid gates are rounded to the half dtype (as eager's are)."""
     device = backend_device(backend)
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter has no bfloat16")
-    x = make_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device)
+    x = make_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device, peephole=peephole)
     ref = outputs_and_grads(reference.convlstm_gates, float64_copy(x), {"forget_bias": 1.0})
     eager = outputs_and_grads(reference.convlstm_gates, x, {"forget_bias": 1.0})
     got = run_with_grads(backend, x, {"forget_bias": 1.0})
@@ -249,6 +252,21 @@ def test_half_precision_no_worse_than_eager(backend, dtype, state):
         bad = err_got > 2 * err_eager + atol
         assert not bad.any(), (f"{k}: {bad.sum().item()} elements worse than 2x eager + {atol:.2g}; "
                                f"worst {err_got.max().item():.3g} vs eager {err_eager.max().item():.3g}")
+
+
+@pytest.mark.parametrize("dtype,state", [(torch.float32, None), (torch.float16, None),
+                                         (torch.bfloat16, torch.float32)], ids=["fp32", "fp16", "bf16_fp32state"])
+def test_saves_no_more_than_eager(backend, dtype, state):
+    """Sigmoid gates without peepholes are saved in the gates' dtype, as eager keeps its
+    activations, with c: no more bytes than eager autograd keeps, also under autocast's mix
+    (float32 gates would double them there)."""
+    device = backend_device(backend)
+    x = {k: v.requires_grad_() if v is not None else None for k, v in
+         make_inputs(C=8, spatial=(6, 6), dtype=dtype, state_dtype=state, device=device, peephole=False).items()}
+    _, eager = saved_bytes(lambda: reference.convlstm_gates(**x))
+    with backends.use(backend):
+        _, ours = saved_bytes(lambda: predkern.convlstm_gates(**x))
+    assert ours <= eager, f"{ours} bytes saved, eager {eager}"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=["fp32", "fp64", "fp16"])

@@ -9,7 +9,8 @@ namespace predkern::cpu {
 namespace CPU_CAPABILITY {
 namespace convlstm {
 
-template <typename G, typename S>
+// P: the saved gates' type (see saved_gates in convlstm_gates.h).
+template <typename G, typename S, typename P>
 void forward_typed(const ConvLSTMGatesForward& p) {
   using T = typename OpMathOf<G>::type;
   constexpr int64_t V = Vectorized<T>::size();
@@ -18,8 +19,8 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   const bool hard = p.act == GateAct::HardSigmoid;
   const bool has_gh = p.gates_h.ptr, has_bias = p.bias.ptr, has_peep = p.peephole.ptr;
   const bool save = p.saved_gates.ptr;
-  const bool st = streams(p.B * C * p.S, sizeof(G) + sizeof(S) + (save ? 4 * sizeof(T) : 0),
-                          save ? 4 * sizeof(T) : std::max(sizeof(G), sizeof(S)));
+  const bool st = streams(p.B * C * p.S, sizeof(G) + sizeof(S) + (save ? 4 * sizeof(P) : 0),
+                          std::max({sizeof(G), sizeof(S), save ? 4 * sizeof(P) : 0}));
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
@@ -39,9 +40,9 @@ void forward_typed(const ConvLSTMGatesForward& p) {
       const auto c = run_of<const S>(p.c, b, o, 0, si);
       const auto h_out = run_of<G>(p.h_new, b, o, 0, si, st);
       const auto c_out = run_of<S>(p.c_new, b, o, 0, si, st);
-      Run<T> saved[4];
+      Run<P> saved[4];
       if (save)
-        for (int k = 0; k < 4; ++k) saved[k] = run_of<T>(p.saved_gates, b, o, k * C, si, st);
+        for (int k = 0; k < 4; ++k) saved[k] = run_of<P>(p.saved_gates, b, o, k * C, si, st);
 
       // A chunk of the row in three steps (i and g, then f and c_new, then o and h), each with
       // at most eight streams open: all of them would map to the same L1 sets (NCHW blocks lie
@@ -93,7 +94,7 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   });
 }
 
-template <typename G, typename S>
+template <typename G, typename S, typename P>
 void backward_typed(const ConvLSTMGatesBackward& p) {
   using T = typename OpMathOf<G>::type;
   constexpr int64_t V = Vectorized<T>::size();
@@ -108,11 +109,11 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
-      Run<const T> saved[4];
+      Run<const P> saved[4];
       Run<G> dz_out[4];
       Run<const S> w[3];
       for (int k = 0; k < 4; ++k) {
-        saved[k] = run_of<const T>(p.saved_gates, b, o, k * C, si);
+        saved[k] = run_of<const P>(p.saved_gates, b, o, k * C, si);
         dz_out[k] = run_of<G>(p.grad_gates, b, o, p.slot_block[k] * C, si, st);
       }
       if (has_peep)
@@ -161,12 +162,22 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
 
 template <typename G, typename S>
 struct ForwardKernel {
-  static void run(const ConvLSTMGatesForward& p) { forward_typed<G, S>(p); }
+  static void run(const ConvLSTMGatesForward& p) {
+    if (p.saved_in_gate_dtype)
+      forward_typed<G, S, G>(p);
+    else
+      forward_typed<G, S, typename OpMathOf<G>::type>(p);
+  }
 };
 
 template <typename G, typename S>
 struct BackwardKernel {
-  static void run(const ConvLSTMGatesBackward& p) { backward_typed<G, S>(p); }
+  static void run(const ConvLSTMGatesBackward& p) {
+    if (p.saved_in_gate_dtype)
+      backward_typed<G, S, G>(p);
+    else
+      backward_typed<G, S, typename OpMathOf<G>::type>(p);
+  }
 };
 
 }  // namespace convlstm

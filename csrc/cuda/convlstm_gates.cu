@@ -100,7 +100,7 @@ struct FwdArgs {
   const S* peep = nullptr;
   G* h = nullptr;
   S* cn = nullptr;
-  OpMath<G>* sg = nullptr;  // optional saved_gates (compute dtype)
+  void* sg = nullptr;  // optional saved_gates (P, the kernel's saved type)
   Str<I> gx_s, gh_s, c_s, peep_s, h_s, cn_s, sg_s;
   I bias_sc = 0;
   I gx_blk[4] = {0, 0, 0, 0};    // offset of the block holding slot k
@@ -110,7 +110,8 @@ struct FwdArgs {
   T forget_bias = T(0);
 };
 
-template <typename G, typename S, typename I, int ACT>
+// P: the saved gates' type (see saved_gates in convlstm_gates.h).
+template <typename G, typename S, typename I, int ACT, typename P>
 PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   using T = OpMath<G>;
   I b, ch, s;
@@ -152,19 +153,19 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   store(a.cn + a.cn_s.at(b, ch, s), cn);
   if (a.sg != nullptr) {  // see saved_gates in convlstm_gates.h
     constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
-    const I so = a.sg_s.at(b, ch, s);
-    store(a.sg + so + a.sg_blk[kI], hard ? zi : i);
-    store(a.sg + so + a.sg_blk[kF], hard ? zf : f);
-    store(a.sg + so + a.sg_blk[kG], g);
-    store(a.sg + so + a.sg_blk[kO], hard ? zo : o);
+    P* sg = static_cast<P*>(a.sg) + a.sg_s.at(b, ch, s);
+    store(sg + a.sg_blk[kI], hard ? zi : i);
+    store(sg + a.sg_blk[kF], hard ? zf : f);
+    store(sg + a.sg_blk[kG], g);
+    store(sg + a.sg_blk[kO], hard ? zo : o);
   }
 }
 
-template <typename G, typename S, typename I, int ACT>
+template <typename G, typename S, typename I, int ACT, typename P>
 __global__ void __launch_bounds__(kThreads) convlstm_gates_fwd_kernel(const FwdArgs<G, S, I> a) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
-    fwd_element<G, S, I, ACT>(a, static_cast<I>(k));
+    fwd_element<G, S, I, ACT, P>(a, static_cast<I>(k));
 }
 
 template <typename G, typename S, typename I>
@@ -179,7 +180,7 @@ FwdArgs<G, S, I> make_fwd_args(const ConvLSTMGatesForward& p) {
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.h = static_cast<G*>(p.h_new.ptr);
   a.cn = static_cast<S*>(p.c_new.ptr);
-  a.sg = static_cast<OpMath<G>*>(p.saved_gates.ptr);
+  a.sg = p.saved_gates.ptr;
   a.gx_s = make_str<I>(p.gates_x);
   a.gh_s = make_str<I>(p.gates_h);
   a.c_s = make_str<I>(p.c);
@@ -202,12 +203,13 @@ template <typename G, typename S, typename I>
 void launch_fwd_i(const ConvLSTMGatesForward& p, cudaStream_t stream) {
   const FwdArgs<G, S, I> a = make_fwd_args<G, S, I>(p);
   const unsigned int grid = grid_for(a.n);
-  if (p.act == GateAct::Sigmoid)
-    convlstm_gates_fwd_kernel<G, S, I, static_cast<int>(GateAct::Sigmoid)>
-        <<<grid, kThreads, 0, stream>>>(a);
+  constexpr int kSig = static_cast<int>(GateAct::Sigmoid), kHard = static_cast<int>(GateAct::HardSigmoid);
+  if (p.act == GateAct::Sigmoid && p.saved_in_gate_dtype)
+    convlstm_gates_fwd_kernel<G, S, I, kSig, G><<<grid, kThreads, 0, stream>>>(a);
+  else if (p.act == GateAct::Sigmoid)
+    convlstm_gates_fwd_kernel<G, S, I, kSig, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
   else
-    convlstm_gates_fwd_kernel<G, S, I, static_cast<int>(GateAct::HardSigmoid)>
-        <<<grid, kThreads, 0, stream>>>(a);
+    convlstm_gates_fwd_kernel<G, S, I, kHard, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
   check_launch("convlstm_gates_forward_cuda");
 }
 
@@ -236,7 +238,7 @@ struct BwdArgs {
   Layout<I> lay;
   const G* gh = nullptr;   // grad_h (gate dtype, like h_new)
   const S* gcn = nullptr;  // grad_c_new
-  const OpMath<G>* sg = nullptr;  // saved_gates
+  const void* sg = nullptr;  // saved_gates (P, the kernel's saved type)
   const S* c = nullptr;
   const S* peep = nullptr;
   G* gg = nullptr;  // grad_gates
@@ -246,7 +248,7 @@ struct BwdArgs {
   I gg_blk[4] = {0, 0, 0, 0};   // block holding slot k
 };
 
-template <typename G, typename S, typename I, int ACT>
+template <typename G, typename S, typename I, int ACT, typename P>
 PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   using T = OpMath<G>;
   I b, ch, s;
@@ -255,11 +257,11 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   // v: the saved value of a sigmoid gate, or the saved argument of a hard_sigmoid one
   // (act_backward reads the argument only under hard_sigmoid, the value otherwise).
   constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
-  const I so = a.sg_s.at(b, ch, s);
-  const T vi = load<T>(a.sg + so + a.sg_blk[kI]);
-  const T vf = load<T>(a.sg + so + a.sg_blk[kF]);
-  const T g = load<T>(a.sg + so + a.sg_blk[kG]);
-  const T vo = load<T>(a.sg + so + a.sg_blk[kO]);
+  const P* sg = static_cast<const P*>(a.sg) + a.sg_s.at(b, ch, s);
+  const T vi = load<T>(sg + a.sg_blk[kI]);
+  const T vf = load<T>(sg + a.sg_blk[kF]);
+  const T g = load<T>(sg + a.sg_blk[kG]);
+  const T vo = load<T>(sg + a.sg_blk[kO]);
   const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
   const bool peep = a.peep != nullptr;
   T wci = T(0), wcf = T(0), wco = T(0);
@@ -300,11 +302,11 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   store(a.gc + a.gc_s.at(b, ch, s), dc);
 }
 
-template <typename G, typename S, typename I, int ACT>
+template <typename G, typename S, typename I, int ACT, typename P>
 __global__ void __launch_bounds__(kThreads) convlstm_gates_bwd_kernel(const BwdArgs<G, S, I> a) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
-    bwd_element<G, S, I, ACT>(a, static_cast<I>(k));
+    bwd_element<G, S, I, ACT, P>(a, static_cast<I>(k));
 }
 
 template <typename G, typename S, typename I>
@@ -314,7 +316,7 @@ BwdArgs<G, S, I> make_bwd_args(const ConvLSTMGatesBackward& p) {
   a.lay = make_layout<I>(p.C, p.S, p.grad_c);
   a.gh = static_cast<const G*>(p.grad_h.ptr);
   a.gcn = static_cast<const S*>(p.grad_c_new.ptr);
-  a.sg = static_cast<const OpMath<G>*>(p.saved_gates.ptr);
+  a.sg = p.saved_gates.ptr;
   a.c = static_cast<const S*>(p.c.ptr);
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.gg = static_cast<G*>(p.grad_gates.ptr);
@@ -337,12 +339,13 @@ template <typename G, typename S, typename I>
 void launch_bwd_i(const ConvLSTMGatesBackward& p, cudaStream_t stream) {
   const BwdArgs<G, S, I> a = make_bwd_args<G, S, I>(p);
   const unsigned int grid = grid_for(a.n);
-  if (p.act == GateAct::Sigmoid)
-    convlstm_gates_bwd_kernel<G, S, I, static_cast<int>(GateAct::Sigmoid)>
-        <<<grid, kThreads, 0, stream>>>(a);
+  constexpr int kSig = static_cast<int>(GateAct::Sigmoid), kHard = static_cast<int>(GateAct::HardSigmoid);
+  if (p.act == GateAct::Sigmoid && p.saved_in_gate_dtype)
+    convlstm_gates_bwd_kernel<G, S, I, kSig, G><<<grid, kThreads, 0, stream>>>(a);
+  else if (p.act == GateAct::Sigmoid)
+    convlstm_gates_bwd_kernel<G, S, I, kSig, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
   else
-    convlstm_gates_bwd_kernel<G, S, I, static_cast<int>(GateAct::HardSigmoid)>
-        <<<grid, kThreads, 0, stream>>>(a);
+    convlstm_gates_bwd_kernel<G, S, I, kHard, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
   check_launch("convlstm_gates_backward_cuda");
 }
 

@@ -116,6 +116,14 @@ def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephol
     return grad_bias, grad_peephole
 
 
+
+def saved_gates_dtype(gate_dtype: torch.dtype, gate_act: str, peephole) -> torch.dtype:
+    """The dtype of the gates saved for backward, as csrc/convlstm_gates.cpp's saved_gates_dtype:
+    the gates' own, as eager keeps its activations (under autocast a float32 copy would double
+    what a step saves), but the compute dtype with hard_sigmoid (an argument rounded to a half
+    could cross a kink) or peepholes (their gradient's batch sums of products)."""
+    return gate_dtype if gate_act == "sigmoid" and peephole is None else compute_dtype(gate_dtype)
+
 # Output shapes and layouts of the C++ ops, for torch.compile and opcheck. The fakes also run
 # when a meta tensor is mixed with real ones, so they check the arguments as the kernels do.
 if backends._extension_error() is None:
@@ -133,7 +141,7 @@ if backends._extension_error() is None:
         _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
         shape = with_channels(gates_x, gates_x.shape[1] // 4)
         return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
-                _empty(gates_x.shape, gates_x, compute_dtype(c.dtype)))
+                _empty(gates_x.shape, gates_x, saved_gates_dtype(gates_x.dtype, gate_act, peephole)))
 
     @torch.library.register_fake("predkern::convlstm_gates_backward")
     def _(grad_h, grad_c_new, saved_gates, c, peephole, gate_dtype, gate_order, gate_act):
@@ -150,8 +158,8 @@ def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias:
 
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
     h_new, c_new = _empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype)
-    # saved_gates in the compute dtype: never rounded to a half (hard_sigmoid kinks stay put)
-    saved_gates = _empty(gates_x.shape if save_gates else (0,) * gates_x.dim(), gates_x, compute_dtype(c.dtype))
+    saved_gates = _empty(gates_x.shape if save_gates else (0,) * gates_x.dim(), gates_x,
+                         saved_gates_dtype(gates_x.dtype, gate_act, peephole))
     if h_new.numel():
         kernels.forward(_as3(gates_x), _as3(gates_h), _as3(c), bias, _as3(peephole), _as3(h_new),
                         _as3(c_new), _as3(saved_gates) if save_gates else None,
@@ -165,7 +173,7 @@ def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, sa
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
     pre_shape = gates_x.shape if save_gates else (0,) * gates_x.dim()
     return (_empty(shape, gates_x, gates_x.dtype), _empty(shape, gates_x, c.dtype),
-            _empty(pre_shape, gates_x, compute_dtype(c.dtype)))
+            _empty(pre_shape, gates_x, saved_gates_dtype(gates_x.dtype, gate_act, peephole)))
 
 
 @torch.library.custom_op("predkern::convlstm_gates_triton_backward", mutates_args=())

@@ -9,9 +9,9 @@ backward computes no exp for them) and the arguments of hard_sigmoid gates (the 
 
 The launchers do no argument checking and no autograd: the caller (``predkern.ops.convlstm_gates``)
 validates, allocates the outputs and wraps autograd. Math runs in float32 (float64 when the inputs
-are float64) and is rounded once on store. ``saved_gates`` is allocated in that compute dtype (float32
-for half inputs), so the backward sees them unrounded; the kernels convert on store and load
-whatever the pointers' dtypes.
+are float64) and is rounded once on store. ``saved_gates`` is allocated in the gates' dtype, or in
+that compute dtype with hard_sigmoid or peepholes (``predkern.ops.convlstm_gates.saved_gates_dtype``);
+the kernels convert on store and load whatever the pointers' dtypes.
 
 Work is cut into (batch, channel tile, space tile) programs on a 1-D grid. The tile is wide along
 whichever dim is contiguous in the main gate tensor (space for NCHW, channels for channels_last), so
