@@ -216,7 +216,8 @@ def test_peephole_o_path_adds_no_nan_without_gradient_on_h(backend, nan_in):
 @pytest.mark.parametrize("gate_act", ["sigmoid", "hard_sigmoid"])
 def test_gradcheck(backend, gate_act):
     device = backend_device(backend)
-    x = make_inputs(B=2, C=2, spatial=(3, 2), device=device)
+    B = 1 if backend == "triton" else 2  # gradcheck makes a call per input element: slow interpreted
+    x = make_inputs(B=B, C=2, spatial=(3, 2), device=device)
     names = [k for k in TENSOR_ARGS if x[k] is not None]
     inputs = [x[k].requires_grad_(True) for k in names]
 

@@ -308,6 +308,8 @@ def test_merged_conv_o_and_last_built_once_per_sequence(backend, monkeypatch, la
     weight, not one whose graph is gone."""
     from predkern.nn import stlstm_cell
 
+    if backend == "triton":
+        pytest.skip("the merged weight is the model's, the same on every backend; 57 s interpreted")
     builds = []
     build = stlstm_cell._build_merged_weight
     monkeypatch.setattr(stlstm_cell, "_merges_convs", lambda mem: True)

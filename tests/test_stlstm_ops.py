@@ -102,7 +102,8 @@ def test_empty(backend):
 def test_gradcheck(backend, op):
     device = backend_device(backend)
     make = memory_inputs if op == "stlstm_memory" else output_inputs
-    x = make(B=2, C=2, spatial=(3, 2), dtype=torch.float64, device=device)
+    B = 1 if backend == "triton" else 2  # gradcheck makes a call per input element: slow interpreted
+    x = make(B=B, C=2, spatial=(3, 2), dtype=torch.float64, device=device)
     names = list(x)
 
     def fn(*ts):

@@ -9,8 +9,9 @@ namespace predkern::cpu {
 namespace CPU_CAPABILITY {
 namespace convlstm {
 
-// P: the saved gates' type (see saved_gates in convlstm_gates.h).
-template <typename G, typename S, typename P>
+// The saved gates are G or T (see saved_gates in convlstm_gates.h), chosen per call at each store
+// and load: a template parameter would compile every kernel twice over for the half types.
+template <typename G, typename S>
 void forward_typed(const ConvLSTMGatesForward& p) {
   using T = typename OpMathOf<G>::type;
   constexpr int64_t V = Vectorized<T>::size();
@@ -18,9 +19,10 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool hard = p.act == GateAct::HardSigmoid;
   const bool has_gh = p.gates_h.ptr, has_bias = p.bias.ptr, has_peep = p.peephole.ptr;
-  const bool save = p.saved_gates.ptr;
-  const bool st = streams(p.B * C * p.S, sizeof(G) + sizeof(S) + (save ? 4 * sizeof(P) : 0),
-                          std::max({sizeof(G), sizeof(S), save ? 4 * sizeof(P) : 0}));
+  const bool save = p.saved_gates.ptr, low = p.saved_in_gate_dtype;
+  const size_t saved_bytes = save ? 4 * (low ? sizeof(G) : sizeof(T)) : 0;
+  const bool st = streams(p.B * C * p.S, sizeof(G) + sizeof(S) + saved_bytes,
+                          std::max({sizeof(G), sizeof(S), saved_bytes}));
   const Vectorized<T> forget_bias(static_cast<T>(p.forget_bias));
 
   at::parallel_for(0, rs.rows, rs.grain, [&](int64_t begin, int64_t end) {
@@ -40,9 +42,21 @@ void forward_typed(const ConvLSTMGatesForward& p) {
       const auto c = run_of<const S>(p.c, b, o, 0, si);
       const auto h_out = run_of<G>(p.h_new, b, o, 0, si, st);
       const auto c_out = run_of<S>(p.c_new, b, o, 0, si, st);
-      Run<P> saved[4];
+      Run<G> saved_g[4];  // saved gates in the gate dtype (low) or the compute dtype
+      Run<T> saved_t[4];
       if (save)
-        for (int k = 0; k < 4; ++k) saved[k] = run_of<P>(p.saved_gates, b, o, k * C, si, st);
+        for (int k = 0; k < 4; ++k) {
+          if (low)
+            saved_g[k] = run_of<G>(p.saved_gates, b, o, k * C, si, st);
+          else
+            saved_t[k] = run_of<T>(p.saved_gates, b, o, k * C, si, st);
+        }
+      const auto save_gate = [&](int k, int64_t j, int64_t n, const Vectorized<T>& v) {
+        if (low)
+          store(saved_g[k], j, n, v);
+        else
+          store(saved_t[k], j, n, v);
+      };
 
       // A chunk of the row in three steps (i and g, then f and c_new, then o and h), each with
       // at most eight streams open: all of them would map to the same L1 sets (NCHW blocks lie
@@ -65,8 +79,8 @@ void forward_typed(const ConvLSTMGatesForward& p) {
           const auto i = act(zi, hard), g = tanh(zg);
           ig[v] = i * g;
           if (save) {  // see saved_gates in convlstm_gates.h
-            store(saved[kI], j, n, hard ? zi : i);
-            store(saved[kG], j, n, g);
+            save_gate(kI, j, n, hard ? zi : i);
+            save_gate(kG, j, n, g);
           }
         }
         for (int64_t j = j0, v = 0; j < j1; j += V, ++v) {
@@ -78,7 +92,7 @@ void forward_typed(const ConvLSTMGatesForward& p) {
           const auto f = act(zf, hard);
           cn[v] = f * cv + ig[v];
           store(c_out, j, n, cn[v]);
-          if (save) store(saved[kF], j, n, hard ? zf : f);
+          if (save) save_gate(kF, j, n, hard ? zf : f);
         }
         for (int64_t j = j0, v = 0; j < j1; j += V, ++v) {
           const int64_t n = std::min(V, rs.inner - j);
@@ -86,7 +100,7 @@ void forward_typed(const ConvLSTMGatesForward& p) {
           if (has_peep) zo = zo + load<T>(w[2], j, n) * cn[v];
           const auto o_ = act(zo, hard);
           store(h_out, j, n, o_ * tanh(cn[v]));
-          if (save) store(saved[kO], j, n, hard ? zo : o_);
+          if (save) save_gate(kO, j, n, hard ? zo : o_);
         }
       }
     }
@@ -94,13 +108,13 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   });
 }
 
-template <typename G, typename S, typename P>
+template <typename G, typename S>
 void backward_typed(const ConvLSTMGatesBackward& p) {
   using T = typename OpMathOf<G>::type;
   constexpr int64_t V = Vectorized<T>::size();
   const RowSpace rs = row_space(p.B, p.C, p.S, p.grad_c);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
-  const bool hard = p.act == GateAct::HardSigmoid;
+  const bool hard = p.act == GateAct::HardSigmoid, low = p.saved_in_gate_dtype;
   const bool has_dh = p.grad_h.ptr, has_dcn = p.grad_c_new.ptr, has_peep = p.peephole.ptr;
   const bool st = streams(p.B * C * p.S, 4 * sizeof(G) + sizeof(S), 4 * sizeof(G));
   const Vectorized<T> zero(T(0)), one(T(1));
@@ -109,11 +123,15 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / outer_n, o = row % outer_n;
       const bool si = rs.space_inner;
-      Run<const P> saved[4];
+      Run<const G> saved_g[4];  // as in the forward
+      Run<const T> saved_t[4];
       Run<G> dz_out[4];
       Run<const S> w[3];
       for (int k = 0; k < 4; ++k) {
-        saved[k] = run_of<const P>(p.saved_gates, b, o, k * C, si);
+        if (low)
+          saved_g[k] = run_of<const G>(p.saved_gates, b, o, k * C, si);
+        else
+          saved_t[k] = run_of<const T>(p.saved_gates, b, o, k * C, si);
         dz_out[k] = run_of<G>(p.grad_gates, b, o, p.slot_block[k] * C, si, st);
       }
       if (has_peep)
@@ -127,8 +145,8 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
         const int64_t n = std::min(V, rs.inner - j);
         // v: the saved value of a sigmoid gate, or the saved argument of a hard_sigmoid one
         // (act_backward reads the argument only under hard_sigmoid, the value otherwise).
-        const auto vi = load<T>(saved[kI], j, n), vf = load<T>(saved[kF], j, n);
-        const auto g = load<T>(saved[kG], j, n), vo = load<T>(saved[kO], j, n);
+        const auto saved = [&](int k) { return low ? load<T>(saved_g[k], j, n) : load<T>(saved_t[k], j, n); };
+        const auto vi = saved(kI), vf = saved(kF), g = saved(kG), vo = saved(kO);
         const auto cv = load<T>(c, j, n);
         const auto i = hard ? hard_sigmoid(vi) : vi, f = hard ? hard_sigmoid(vf) : vf;
         const auto o_ = hard ? hard_sigmoid(vo) : vo;
@@ -162,22 +180,12 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
 
 template <typename G, typename S>
 struct ForwardKernel {
-  static void run(const ConvLSTMGatesForward& p) {
-    if (p.saved_in_gate_dtype)
-      forward_typed<G, S, G>(p);
-    else
-      forward_typed<G, S, typename OpMathOf<G>::type>(p);
-  }
+  static void run(const ConvLSTMGatesForward& p) { forward_typed<G, S>(p); }
 };
 
 template <typename G, typename S>
 struct BackwardKernel {
-  static void run(const ConvLSTMGatesBackward& p) {
-    if (p.saved_in_gate_dtype)
-      backward_typed<G, S, G>(p);
-    else
-      backward_typed<G, S, typename OpMathOf<G>::type>(p);
-  }
+  static void run(const ConvLSTMGatesBackward& p) { backward_typed<G, S>(p); }
 };
 
 }  // namespace convlstm
