@@ -116,13 +116,13 @@ def _param_grads(grad_gates: Tensor, c: Tensor, c_new: Optional[Tensor], peephol
     return grad_bias, grad_peephole
 
 
-
 def saved_gates_dtype(gate_dtype: torch.dtype, gate_act: str, peephole) -> torch.dtype:
     """The dtype of the gates saved for backward, as csrc/convlstm_gates.cpp's saved_gates_dtype:
     the gates' own, as eager keeps its activations (under autocast a float32 copy would double
     what a step saves), but the compute dtype with hard_sigmoid (an argument rounded to a half
     could cross a kink) or peepholes (their gradient's batch sums of products)."""
     return gate_dtype if gate_act == "sigmoid" and peephole is None else compute_dtype(gate_dtype)
+
 
 # Output shapes and layouts of the C++ ops, for torch.compile and opcheck. The fakes also run
 # when a meta tensor is mixed with real ones, so they check the arguments as the kernels do.
