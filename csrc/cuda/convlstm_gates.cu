@@ -9,7 +9,8 @@
 // Templates: gate dtype G, state dtype S (the six allowed pairs), index type I (int32 when every
 // reachable offset fits, else int64) and the gate activation. Optional inputs are uniform runtime
 // branches on null pointers (warp-uniform, no divergence), which keeps the instantiation count at
-// 6 x 2 x 2 per direction. Math is in float (double for float64); loads convert, stores round once.
+// 6 x 2 x 2 per direction; the saved gates' type (G or the math type) is such a branch too. Math
+// is in float (double for float64); loads convert, stores round once.
 // The helpers shared with the other pointwise kernels (loads/stores, DivMod, Layout, int32 fit,
 // dtype dispatch, launch checks) are in common.cuh.
 #include "convlstm_gates.h"
@@ -100,7 +101,8 @@ struct FwdArgs {
   const S* peep = nullptr;
   G* h = nullptr;
   S* cn = nullptr;
-  void* sg = nullptr;  // optional saved_gates (P, the kernel's saved type)
+  void* sg = nullptr;  // optional saved_gates: G if sg_low, else T (see saved_gates in convlstm_gates.h)
+  bool sg_low = false;
   Str<I> gx_s, gh_s, c_s, peep_s, h_s, cn_s, sg_s;
   I bias_sc = 0;
   I gx_blk[4] = {0, 0, 0, 0};    // offset of the block holding slot k
@@ -110,8 +112,23 @@ struct FwdArgs {
   T forget_bias = T(0);
 };
 
-// P: the saved gates' type (see saved_gates in convlstm_gates.h).
-template <typename G, typename S, typename I, int ACT, typename P>
+// The saved gates' type is chosen per call (a uniform branch), not a template parameter: a third
+// instantiation per half type cost compile time in every build for no measurable speed.
+template <typename P, typename T, typename I>
+PK_HD void store_saved(void* base, I off, const I (&blk)[4], T i, T f, T g, T o) {
+  P* sg = static_cast<P*>(base) + off;
+  store(sg + blk[kI], i);
+  store(sg + blk[kF], f);
+  store(sg + blk[kG], g);
+  store(sg + blk[kO], o);
+}
+
+template <typename P, typename T, typename I>
+PK_HD T load_saved(const void* base, I off, I blk) {
+  return load<T>(static_cast<const P*>(base) + off + blk);
+}
+
+template <typename G, typename S, typename I, int ACT>
 PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   using T = OpMath<G>;
   I b, ch, s;
@@ -153,19 +170,19 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   store(a.cn + a.cn_s.at(b, ch, s), cn);
   if (a.sg != nullptr) {  // see saved_gates in convlstm_gates.h
     constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
-    P* sg = static_cast<P*>(a.sg) + a.sg_s.at(b, ch, s);
-    store(sg + a.sg_blk[kI], hard ? zi : i);
-    store(sg + a.sg_blk[kF], hard ? zf : f);
-    store(sg + a.sg_blk[kG], g);
-    store(sg + a.sg_blk[kO], hard ? zo : o);
+    const I so = a.sg_s.at(b, ch, s);
+    if (a.sg_low)
+      store_saved<G>(a.sg, so, a.sg_blk, hard ? zi : i, hard ? zf : f, g, hard ? zo : o);
+    else
+      store_saved<T>(a.sg, so, a.sg_blk, hard ? zi : i, hard ? zf : f, g, hard ? zo : o);
   }
 }
 
-template <typename G, typename S, typename I, int ACT, typename P>
+template <typename G, typename S, typename I, int ACT>
 __global__ void __launch_bounds__(kThreads) convlstm_gates_fwd_kernel(const FwdArgs<G, S, I> a) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
-    fwd_element<G, S, I, ACT, P>(a, static_cast<I>(k));
+    fwd_element<G, S, I, ACT>(a, static_cast<I>(k));
 }
 
 template <typename G, typename S, typename I>
@@ -181,6 +198,7 @@ FwdArgs<G, S, I> make_fwd_args(const ConvLSTMGatesForward& p) {
   a.h = static_cast<G*>(p.h_new.ptr);
   a.cn = static_cast<S*>(p.c_new.ptr);
   a.sg = p.saved_gates.ptr;
+  a.sg_low = p.saved_in_gate_dtype;
   a.gx_s = make_str<I>(p.gates_x);
   a.gh_s = make_str<I>(p.gates_h);
   a.c_s = make_str<I>(p.c);
@@ -204,12 +222,10 @@ void launch_fwd_i(const ConvLSTMGatesForward& p, cudaStream_t stream) {
   const FwdArgs<G, S, I> a = make_fwd_args<G, S, I>(p);
   const unsigned int grid = grid_for(a.n);
   constexpr int kSig = static_cast<int>(GateAct::Sigmoid), kHard = static_cast<int>(GateAct::HardSigmoid);
-  if (p.act == GateAct::Sigmoid && p.saved_in_gate_dtype)
-    convlstm_gates_fwd_kernel<G, S, I, kSig, G><<<grid, kThreads, 0, stream>>>(a);
-  else if (p.act == GateAct::Sigmoid)
-    convlstm_gates_fwd_kernel<G, S, I, kSig, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
+  if (p.act == GateAct::Sigmoid)
+    convlstm_gates_fwd_kernel<G, S, I, kSig><<<grid, kThreads, 0, stream>>>(a);
   else
-    convlstm_gates_fwd_kernel<G, S, I, kHard, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
+    convlstm_gates_fwd_kernel<G, S, I, kHard><<<grid, kThreads, 0, stream>>>(a);
   check_launch("convlstm_gates_forward_cuda");
 }
 
@@ -238,7 +254,8 @@ struct BwdArgs {
   Layout<I> lay;
   const G* gh = nullptr;   // grad_h (gate dtype, like h_new)
   const S* gcn = nullptr;  // grad_c_new
-  const void* sg = nullptr;  // saved_gates (P, the kernel's saved type)
+  const void* sg = nullptr;  // saved_gates: G if sg_low, else T
+  bool sg_low = false;
   const S* c = nullptr;
   const S* peep = nullptr;
   G* gg = nullptr;  // grad_gates
@@ -248,7 +265,7 @@ struct BwdArgs {
   I gg_blk[4] = {0, 0, 0, 0};   // block holding slot k
 };
 
-template <typename G, typename S, typename I, int ACT, typename P>
+template <typename G, typename S, typename I, int ACT>
 PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   using T = OpMath<G>;
   I b, ch, s;
@@ -257,11 +274,11 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   // v: the saved value of a sigmoid gate, or the saved argument of a hard_sigmoid one
   // (act_backward reads the argument only under hard_sigmoid, the value otherwise).
   constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
-  const P* sg = static_cast<const P*>(a.sg) + a.sg_s.at(b, ch, s);
-  const T vi = load<T>(sg + a.sg_blk[kI]);
-  const T vf = load<T>(sg + a.sg_blk[kF]);
-  const T g = load<T>(sg + a.sg_blk[kG]);
-  const T vo = load<T>(sg + a.sg_blk[kO]);
+  const I so = a.sg_s.at(b, ch, s);
+  const auto saved = [&](int k) {
+    return a.sg_low ? load_saved<G, T>(a.sg, so, a.sg_blk[k]) : load_saved<T, T>(a.sg, so, a.sg_blk[k]);
+  };
+  const T vi = saved(kI), vf = saved(kF), g = saved(kG), vo = saved(kO);
   const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
   const bool peep = a.peep != nullptr;
   T wci = T(0), wcf = T(0), wco = T(0);
@@ -302,11 +319,11 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   store(a.gc + a.gc_s.at(b, ch, s), dc);
 }
 
-template <typename G, typename S, typename I, int ACT, typename P>
+template <typename G, typename S, typename I, int ACT>
 __global__ void __launch_bounds__(kThreads) convlstm_gates_bwd_kernel(const BwdArgs<G, S, I> a) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
-    bwd_element<G, S, I, ACT, P>(a, static_cast<I>(k));
+    bwd_element<G, S, I, ACT>(a, static_cast<I>(k));
 }
 
 template <typename G, typename S, typename I>
@@ -317,6 +334,7 @@ BwdArgs<G, S, I> make_bwd_args(const ConvLSTMGatesBackward& p) {
   a.gh = static_cast<const G*>(p.grad_h.ptr);
   a.gcn = static_cast<const S*>(p.grad_c_new.ptr);
   a.sg = p.saved_gates.ptr;
+  a.sg_low = p.saved_in_gate_dtype;
   a.c = static_cast<const S*>(p.c.ptr);
   a.peep = static_cast<const S*>(p.peephole.ptr);
   a.gg = static_cast<G*>(p.grad_gates.ptr);
@@ -340,12 +358,10 @@ void launch_bwd_i(const ConvLSTMGatesBackward& p, cudaStream_t stream) {
   const BwdArgs<G, S, I> a = make_bwd_args<G, S, I>(p);
   const unsigned int grid = grid_for(a.n);
   constexpr int kSig = static_cast<int>(GateAct::Sigmoid), kHard = static_cast<int>(GateAct::HardSigmoid);
-  if (p.act == GateAct::Sigmoid && p.saved_in_gate_dtype)
-    convlstm_gates_bwd_kernel<G, S, I, kSig, G><<<grid, kThreads, 0, stream>>>(a);
-  else if (p.act == GateAct::Sigmoid)
-    convlstm_gates_bwd_kernel<G, S, I, kSig, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
+  if (p.act == GateAct::Sigmoid)
+    convlstm_gates_bwd_kernel<G, S, I, kSig><<<grid, kThreads, 0, stream>>>(a);
   else
-    convlstm_gates_bwd_kernel<G, S, I, kHard, OpMath<G>><<<grid, kThreads, 0, stream>>>(a);
+    convlstm_gates_bwd_kernel<G, S, I, kHard><<<grid, kThreads, 0, stream>>>(a);
   check_launch("convlstm_gates_backward_cuda");
 }
 
