@@ -11,7 +11,12 @@ against the float64 reference. Every run starts each tensor torch.empty makes as
   index64   the op tests on the 64-bit index path, threads between barriers in reverse order;
   asan      the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
             between barriers and at most two blocks per launch (the grid-stride loops turn);
-  cpu_asan  the op tests on the real CPU kernels, under AddressSanitizer (vector tails, threads).
+  cpu_asan_<capability>  the op tests on the real CPU kernels under AddressSanitizer (vector
+            tails, threads), once per instruction set they are compiled for (ATEN_CPU_CAPABILITY
+            picks the variant, as it picks torch's own): the rest of the suite runs only the one
+            this CPU supports best.
+The float32 digits of a 2^25-long mean (test_mean_of_a_long_row_keeps_its_digits) run in index32
+only: emulated, that one test took 50 s on the 64-bit path and 145 s under AddressSanitizer.
 What the emulation cannot show: the device's own arithmetic (fast-math intrinsics, fma
 contraction), true concurrency between warps, and speed; those are owed to the `gpu` tests.
 """
@@ -24,6 +29,7 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -41,27 +47,34 @@ OP_TESTS = [os.path.join(TESTS, f) for f in (
     "test_fuzz.py", "test_bad_input.py", "test_determinism.py", "test_output_layout.py",
     "test_stlstm_cell.py", "test_nn_cells.py")]
 
-RUNS = {  # build variant: (emulator settings, pytest selection), the longest run first (see suite_runs)
-    "asan": ({"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"}, ["-k", "cpu and not compile", *OP_TESTS]),
-    "index32": ({"PK_EMU_ORDER": "forward"},
+# the op tests of the cpu backend (the emulated CUDA kernels, or the CPU kernels under ASAN)
+CPU_OPS = "cpu and not triton and not long_row"
+CAPABILITIES = ("avx512", "avx2", "default")  # ATEN_CPU_CAPABILITY's names of the CPU kernels' variants
+
+RUNS = {  # run: (build variant, its settings, pytest selection), the longest first (see suite_runs)
+    "index32": ("index32", {"PK_EMU_ORDER": "forward"},
                 ["-m", "not interpreter and not gpu", "-k", "not triton",
                  "--ignore", os.path.join(TESTS, "test_triton_compile.py"),
                  "--ignore", os.path.join(TESTS, "test_examples.py"),
                  "--ignore", os.path.abspath(__file__), TESTS]),
-    "index64": ({"PK_EMU_ORDER": "reverse"}, ["-k", "cpu", *OP_TESTS]),
-    "cpu_asan": ({}, ["-k", "cpu and not compile", *OP_TESTS]),
+    "asan": ("asan", {"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"},
+             ["-k", f"{CPU_OPS} and not compile", *OP_TESTS]),
+    "index64": ("index64", {"PK_EMU_ORDER": "reverse"}, ["-k", CPU_OPS, *OP_TESTS]),
+    **{f"cpu_asan_{cap}": ("cpu_asan", {"ATEN_CPU_CAPABILITY": cap}, ["-k", f"{CPU_OPS} and not compile", *OP_TESTS])
+       for cap in CAPABILITIES},
 }
 
 # Each op forward and backward on the cpu backend runs the CUDA kernels, and launches what its
 # docs say: one kernel each way, but for the two reductions' second, fixed-order pass (the
 # decoupling loss's mean over rows; prednet_error's per-sample mean over chunks).
 ROUTING = textwrap.dedent("""
-    import sys, torch, predkern
+    import os, sys, torch, predkern
     from predkern import ops
     from op_table import OPS, inputs
     assert predkern.__file__.startswith(sys.argv[1]), predkern.__file__
-    if sys.argv[2] == "cpu":
-        sys.exit()  # the real CPU kernels: nothing emulated
+    if sys.argv[2] == "cpu":  # the real CPU kernels: nothing emulated, the variant asked for runs
+        assert torch.backends.cpu.get_cpu_capability() == os.environ["ATEN_CPU_CAPABILITY"].upper()
+        sys.exit()
     launches = torch.ops.predkern_emulation.launches
     expected = {"convlstm_gates": (1, 1), "stlstm_memory": (1, 1), "stlstm_output": (1, 1),
                 "decoupling_loss": (2, 1), "prednet_error": (1, 1), "prednet_error_mean": (2, 1)}
@@ -97,12 +110,25 @@ def environment(emulated, variant, settings):
     return env
 
 
-def _run_suite(emulated, variant, cwd):
-    """The routing check, then the pytest selection, of one build variant: (skip reason or None,
-    routing run, pytest run)."""
-    settings, selection = RUNS[variant]
+def _unsupported(settings):
+    """Why this CPU cannot run the capability a run asks for, or None."""
+    wanted = settings.get("ATEN_CPU_CAPABILITY")
+    best = torch.backends.cpu.get_cpu_capability().lower()
+    if wanted in (None, "default", best):
+        return None
+    if best not in CAPABILITIES or CAPABILITIES.index(wanted) < CAPABILITIES.index(best):
+        return f"this CPU (or ATEN_CPU_CAPABILITY) allows {best}, not {wanted}"
+    return None
+
+
+def _run_suite(emulated, run, cwd):
+    """The routing check, then the pytest selection, of one run: (skip reason or None, routing run,
+    pytest run)."""
+    variant, settings, selection = RUNS[run]
     if not (emulated / variant).exists():
         return f"the {variant} build was skipped (the compiler has no AddressSanitizer runtime)", None, None
+    if _unsupported(settings):
+        return _unsupported(settings), None, None
     env = environment(emulated, variant, settings)
     # From a directory outside the checkout, so `predkern` is the emulated copy.
     kernels = emu.VARIANTS[variant][0]
@@ -118,19 +144,19 @@ def _run_suite(emulated, variant, cwd):
 
 @pytest.fixture(scope="module")
 def suite_runs(emulated, tmp_path_factory):
-    """Every variant's run, two at a time, the longest first: the emulator runs a launch's blocks
-    one after another on one core, so a run leaves the other core mostly idle (CI: 7.8 minutes
-    one at a time on two cores)."""
-    def run(variant):
-        return variant, _run_suite(emulated, variant, tmp_path_factory.mktemp(f"run_{variant}"))
+    """Every run, two at a time, the longest first: the emulator runs a launch's blocks one after
+    another on one core, so a run leaves the other core mostly idle (CI: 7.8 minutes one at a time
+    on two cores)."""
+    def run_one(run):
+        return run, _run_suite(emulated, run, tmp_path_factory.mktemp(f"run_{run}"))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, RUNS))
+        return dict(pool.map(run_one, RUNS))
 
 
-@pytest.mark.parametrize("variant", list(RUNS))
-def test_instrumented_build_passes_the_cpu_tests(suite_runs, variant):
-    skipped, routing, suite = suite_runs[variant]
+@pytest.mark.parametrize("run", list(RUNS))
+def test_instrumented_build_passes_the_cpu_tests(suite_runs, run):
+    skipped, routing, suite = suite_runs[run]
     if skipped:
         pytest.skip(skipped)
     assert routing.returncode == 0, routing.stdout[-3000:] + routing.stderr[-3000:]
