@@ -54,7 +54,16 @@ def _torch_requirement():
 def _build_ext():
     from torch.utils.cpp_extension import BuildExtension
 
-    return BuildExtension.with_options(no_python_abi_suffix=False)
+    class BuildExt(BuildExtension.with_options(no_python_abi_suffix=False)):
+        """Every build of this checkout (editable, wheel, build_ext --inplace) keeps its objects in
+        build/temp, where setuptools gives an editable build a fresh temporary directory: ninja then
+        recompiles only what changed, and a wheel built after an editable install reuses its objects."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", "temp")
+
+    return BuildExt
 
 
 setup(

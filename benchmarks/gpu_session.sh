@@ -61,6 +61,7 @@ cat "$OUT/versions.txt"
 for p in "${phases[@]}"; do
   case $p in
     build)  # Hopper only (the lent GPUs), all cores; -Xptxas -v puts registers and spills in the log
+      rm -rf build/temp  # ninja would skip unchanged units, and their registers and spills with them
       phase build "${BUILD_S:-75}" env TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="$(nproc)" \
         NVCC_APPEND_FLAGS="-Xptxas -v" "$PY" setup.py build_ext --inplace
       "$PY" -m predkern.cli info 2>&1 | tee "$OUT/info.txt" ;;
