@@ -12,6 +12,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
+from predkern.ops import _triton_eager
 from predkern.ops._tensors import as3 as _as3
 from predkern.ops._tensors import compute_dtype
 from predkern.ops._tensors import empty as _empty
@@ -50,7 +51,8 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     if backend == "triton":
         save = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (gates_x, c, gates_h, bias, peephole))
-        h_new, c_new, _ = torch.ops.predkern.convlstm_gates_triton(
+        h_new, c_new, _ = _triton_eager.call(
+            torch.ops.predkern.convlstm_gates_triton, _triton_function,
             gates_x, c, gates_h, bias, peephole, float(forget_bias), gate_order, gate_act, save)
         return h_new, c_new
     raise AssertionError(f"unknown backend {backend}")
@@ -150,10 +152,9 @@ if backends._extension_error() is None:
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/convlstm_gates.py ----
 
-@torch.library.custom_op("predkern::convlstm_gates_triton", mutates_args=())
-def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias: Optional[Tensor],
-                    peephole: Optional[Tensor], forget_bias: float, gate_order: str, gate_act: str,
-                    save_gates: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _triton_forward_impl(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias: Optional[Tensor],
+                         peephole: Optional[Tensor], forget_bias: float, gate_order: str, gate_act: str,
+                         save_gates: bool) -> tuple[Tensor, Tensor, Tensor]:
     from predkern.triton import convlstm_gates as kernels
 
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
@@ -168,6 +169,10 @@ def _triton_forward(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor], bias:
     return h_new, c_new, saved_gates
 
 
+_triton_forward = torch.library.custom_op("predkern::convlstm_gates_triton", mutates_args=())(
+    _triton_forward_impl)
+
+
 @_triton_forward.register_fake
 def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_gates):
     shape = with_channels(gates_x, gates_x.shape[1] // 4)
@@ -176,10 +181,9 @@ def _(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, sa
             _empty(pre_shape, gates_x, saved_gates_dtype(gates_x.dtype, gate_act, peephole)))
 
 
-@torch.library.custom_op("predkern::convlstm_gates_triton_backward", mutates_args=())
-def _triton_backward(grad_h: Optional[Tensor], grad_c_new: Optional[Tensor], saved_gates: Tensor, c: Tensor,
-                     peephole: Optional[Tensor], gate_dtype: torch.dtype, gate_order: str,
-                     gate_act: str) -> tuple[Tensor, Tensor]:
+def _triton_backward_impl(grad_h: Optional[Tensor], grad_c_new: Optional[Tensor], saved_gates: Tensor, c: Tensor,
+                          peephole: Optional[Tensor], gate_dtype: torch.dtype, gate_order: str,
+                          gate_act: str) -> tuple[Tensor, Tensor]:
     from predkern.triton import convlstm_gates as kernels
 
     grad_gates = _empty(saved_gates.shape, saved_gates, gate_dtype)
@@ -189,6 +193,10 @@ def _triton_backward(grad_h: Optional[Tensor], grad_c_new: Optional[Tensor], sav
                          _as3(grad_gates), _as3(grad_c), slot_block=_slot_blocks(gate_order),
                          hard_sigmoid=gate_act == "hard_sigmoid")
     return grad_gates, grad_c
+
+
+_triton_backward = torch.library.custom_op("predkern::convlstm_gates_triton_backward", mutates_args=())(
+    _triton_backward_impl)
 
 
 @_triton_backward.register_fake
@@ -209,12 +217,12 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.has_gates_h, ctx.has_bias = gates_h is not None, bias is not None
 
 
-def _triton_grad(ctx, grad_h, grad_c_new, _grad_saved_gates):
+def _triton_grad(ctx, grad_h, grad_c_new, _grad_saved_gates, *, backward=_triton_backward):
     saved_gates, c, peephole, c_new = ctx.saved_tensors
     if grad_h is None and grad_c_new is None:
         return (None,) * 9
-    grad_gates, grad_c = _triton_backward(grad_h, grad_c_new, saved_gates, c, peephole, ctx.gate_dtype,
-                                          ctx.gate_order, ctx.gate_act)
+    grad_gates, grad_c = backward(grad_h, grad_c_new, saved_gates, c, peephole, ctx.gate_dtype,
+                                  ctx.gate_order, ctx.gate_act)
     grad_bias, grad_peephole = _param_grads(grad_gates, c, c_new, peephole, ctx.has_bias, ctx.gate_order,
                                             grad_h is not None)
     return (grad_gates, grad_c, grad_gates if ctx.has_gates_h else None, grad_bias, grad_peephole,
@@ -222,3 +230,5 @@ def _triton_grad(ctx, grad_h, grad_c_new, _grad_saved_gates):
 
 
 _triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_function = _triton_eager.function("_TritonConvLSTMGates", _triton_forward_impl, _triton_backward_impl,
+                                          _triton_setup_context, _triton_grad)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
+from predkern.ops import _triton_eager
 from predkern.ops._tensors import as3, empty
 
 OP = "decoupling_loss"
@@ -40,7 +41,8 @@ def decoupling_loss(delta_c: Tensor, delta_m: Tensor) -> Tensor:
     if backend == "reference":
         return reference.decoupling_loss(delta_c, delta_m)
     save = torch.is_grad_enabled() and (delta_c.requires_grad or delta_m.requires_grad)
-    return torch.ops.predkern.decoupling_loss_triton(delta_c, delta_m, save)[0]
+    return _triton_eager.call(torch.ops.predkern.decoupling_loss_triton, _triton_function,
+                              delta_c, delta_m, save)[0]
 
 
 def _check(delta_c, delta_m) -> None:
@@ -86,8 +88,7 @@ if backends._extension_error() is None:
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/decoupling_loss.py ----
 
-@torch.library.custom_op("predkern::decoupling_loss_triton", mutates_args=())
-def _triton_forward(delta_c: Tensor, delta_m: Tensor, save: bool) -> tuple[Tensor, Tensor]:
+def _triton_forward_impl(delta_c: Tensor, delta_m: Tensor, save: bool) -> tuple[Tensor, Tensor]:
     from predkern.triton import decoupling_loss as kernels
 
     loss, row_coefs = _forward_outputs(delta_c, save)
@@ -95,20 +96,27 @@ def _triton_forward(delta_c: Tensor, delta_m: Tensor, save: bool) -> tuple[Tenso
     return loss, row_coefs
 
 
+_triton_forward = torch.library.custom_op("predkern::decoupling_loss_triton", mutates_args=())(
+    _triton_forward_impl)
+
+
 @_triton_forward.register_fake
 def _(delta_c, delta_m, save):
     return _forward_outputs(delta_c, save)
 
 
-@torch.library.custom_op("predkern::decoupling_loss_triton_backward", mutates_args=())
-def _triton_backward(grad_loss: Tensor, delta_c: Tensor, delta_m: Tensor, row_coefs: Tensor
-                     ) -> tuple[Tensor, Tensor]:
+def _triton_backward_impl(grad_loss: Tensor, delta_c: Tensor, delta_m: Tensor, row_coefs: Tensor
+                          ) -> tuple[Tensor, Tensor]:
     from predkern.triton import decoupling_loss as kernels
 
     grad_c, grad_m = _grads(delta_c)
     if grad_c.numel():
         kernels.backward(grad_loss, as3(delta_c), as3(delta_m), row_coefs, as3(grad_c), as3(grad_m))
     return grad_c, grad_m
+
+
+_triton_backward = torch.library.custom_op("predkern::decoupling_loss_triton_backward", mutates_args=())(
+    _triton_backward_impl)
 
 
 @_triton_backward.register_fake
@@ -124,11 +132,13 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # row_coefs (internal) never gets a gradient: no zeros for it
 
 
-def _triton_grad(ctx, grad_loss, _grad_row_coefs):
+def _triton_grad(ctx, grad_loss, _grad_row_coefs, *, backward=_triton_backward):
     if grad_loss is None:
         return None, None, None
     delta_c, delta_m, row_coefs = ctx.saved_tensors
-    return (*_triton_backward(grad_loss.contiguous(), delta_c, delta_m, row_coefs), None)
+    return (*backward(grad_loss.contiguous(), delta_c, delta_m, row_coefs), None)
 
 
 _triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_function = _triton_eager.function("_TritonDecouplingLoss", _triton_forward_impl, _triton_backward_impl,
+                                          _triton_setup_context, _triton_grad)

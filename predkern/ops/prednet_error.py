@@ -14,6 +14,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
+from predkern.ops import _triton_eager
 from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "prednet_error"
@@ -46,7 +47,8 @@ def prednet_error(a: Tensor, a_hat: Tensor, *, relu_a_hat: bool = True, clip_max
             return reference.prednet_error(a, a_hat, relu_a_hat=opts[0], clip_max=opts[1],
                                            first=opts[2], return_mean=opts[3])
         save = torch.is_grad_enabled() and (a.requires_grad or a_hat.requires_grad)
-        e, a_hat_out, e_mean = torch.ops.predkern.prednet_error_triton(a, a_hat, *opts, save)
+        e, a_hat_out, e_mean = _triton_eager.call(torch.ops.predkern.prednet_error_triton, _triton_function,
+                                                  a, a_hat, *opts, save)
     return (e, a_hat_out, e_mean) if return_mean else (e, a_hat_out)
 
 
@@ -96,9 +98,8 @@ if backends._extension_error() is None:
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/prednet_error.py ----
 
-@torch.library.custom_op("predkern::prednet_error_triton", mutates_args=())
-def _triton_forward(a: Tensor, a_hat: Tensor, relu_a_hat: bool, clip_max: Optional[float], first: str,
-                    return_mean: bool, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _triton_forward_impl(a: Tensor, a_hat: Tensor, relu_a_hat: bool, clip_max: Optional[float], first: str,
+                         return_mean: bool, save: bool) -> tuple[Tensor, Tensor, Tensor]:
     from predkern.triton import prednet_error as kernels
 
     e, a_hat_out, e_mean = _outputs(a, return_mean)
@@ -107,15 +108,18 @@ def _triton_forward(a: Tensor, a_hat: Tensor, relu_a_hat: bool, clip_max: Option
     return e, a_hat_out, e_mean
 
 
+_triton_forward = torch.library.custom_op("predkern::prednet_error_triton", mutates_args=())(
+    _triton_forward_impl)
+
+
 @_triton_forward.register_fake
 def _(a, a_hat, relu_a_hat, clip_max, first, return_mean, save):
     return _outputs(a, return_mean)
 
 
-@torch.library.custom_op("predkern::prednet_error_triton_backward", mutates_args=())
-def _triton_backward(grad_e: Optional[Tensor], grad_a_hat_out: Optional[Tensor], grad_e_mean: Optional[Tensor],
-                     a: Tensor, a_hat: Tensor, relu_a_hat: bool, clip_max: Optional[float], first: str
-                     ) -> tuple[Tensor, Tensor]:
+def _triton_backward_impl(grad_e: Optional[Tensor], grad_a_hat_out: Optional[Tensor], grad_e_mean: Optional[Tensor],
+                          a: Tensor, a_hat: Tensor, relu_a_hat: bool, clip_max: Optional[float], first: str
+                          ) -> tuple[Tensor, Tensor]:
     from predkern.triton import prednet_error as kernels
 
     grad_a, grad_a_hat = _grads(a)
@@ -123,6 +127,10 @@ def _triton_backward(grad_e: Optional[Tensor], grad_a_hat_out: Optional[Tensor],
         kernels.backward(as3(grad_e), as3(grad_a_hat_out), grad_e_mean, as3(a), as3(a_hat),
                          as3(grad_a), as3(grad_a_hat), relu_a_hat, clip_max, first == "target")
     return grad_a, grad_a_hat
+
+
+_triton_backward = torch.library.custom_op("predkern::prednet_error_triton_backward", mutates_args=())(
+    _triton_backward_impl)
 
 
 @_triton_backward.register_fake
@@ -141,7 +149,7 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.opts = (relu_a_hat, clip_max, first, return_mean)
 
 
-def _triton_grad(ctx, grad_e, grad_a_hat_out, grad_e_mean):
+def _triton_grad(ctx, grad_e, grad_a_hat_out, grad_e_mean, *, backward=_triton_backward):
     a, a_hat = ctx.saved_tensors
     relu_a_hat, clip_max, first, return_mean = ctx.opts
     if not return_mean:
@@ -150,8 +158,10 @@ def _triton_grad(ctx, grad_e, grad_a_hat_out, grad_e_mean):
         return (None,) * 7
     if grad_e_mean is not None:
         grad_e_mean = grad_e_mean.contiguous()
-    return (*_triton_backward(grad_e, grad_a_hat_out, grad_e_mean, a, a_hat, relu_a_hat, clip_max, first),
+    return (*backward(grad_e, grad_a_hat_out, grad_e_mean, a, a_hat, relu_a_hat, clip_max, first),
             None, None, None, None, None)
 
 
 _triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_function = _triton_eager.function("_TritonPredNetError", _triton_forward_impl, _triton_backward_impl,
+                                          _triton_setup_context, _triton_grad)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
+from predkern.ops import _triton_eager
 from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "stlstm_memory"
@@ -46,7 +47,8 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
             return reference.stlstm_memory(x_cat, h_cat, m_cat, c, m, forget_bias=forget_bias,
                                            return_deltas=return_deltas)
         save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_cat, h_cat, m_cat, c, m))
-        mem, delta_c, delta_m, _ = torch.ops.predkern.stlstm_memory_triton(
+        mem, delta_c, delta_m, _ = _triton_eager.call(
+            torch.ops.predkern.stlstm_memory_triton, _triton_function,
             x_cat, h_cat, m_cat, c, m, float(forget_bias), return_deltas, save)
     return (mem, delta_c, delta_m) if return_deltas else (mem, None, None)
 
@@ -117,10 +119,9 @@ if backends._extension_error() is None:
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/stlstm_memory.py ----
 
-@torch.library.custom_op("predkern::stlstm_memory_triton", mutates_args=())
-def _triton_forward(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Tensor,
-                    forget_bias: float, return_deltas: bool, save_gates: bool
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _triton_forward_impl(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Tensor,
+                         forget_bias: float, return_deltas: bool, save_gates: bool
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_memory as kernels
 
     mem, delta_c, delta_m, gates = _outputs(x_cat, c, return_deltas, save_gates)
@@ -131,15 +132,18 @@ def _triton_forward(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: T
     return mem, delta_c, delta_m, gates
 
 
+_triton_forward = torch.library.custom_op("predkern::stlstm_memory_triton", mutates_args=())(
+    _triton_forward_impl)
+
+
 @_triton_forward.register_fake
 def _(x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_gates):
     return _outputs(x_cat, c, return_deltas, save_gates)
 
 
-@torch.library.custom_op("predkern::stlstm_memory_triton_backward", mutates_args=())
-def _triton_backward(grad_mem: Optional[Tensor], grad_delta_c: Optional[Tensor],
-                     grad_delta_m: Optional[Tensor], gates: Tensor, c: Tensor, m: Tensor,
-                     gate_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _triton_backward_impl(grad_mem: Optional[Tensor], grad_delta_c: Optional[Tensor],
+                          grad_delta_m: Optional[Tensor], gates: Tensor, c: Tensor, m: Tensor,
+                          gate_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_memory as kernels
 
     grads = _grads(gates, c, gate_dtype)
@@ -147,6 +151,10 @@ def _triton_backward(grad_mem: Optional[Tensor], grad_delta_c: Optional[Tensor],
         kernels.backward(as3(grad_mem), as3(grad_delta_c), as3(grad_delta_m), as3(gates), as3(c), as3(m),
                          *(as3(g) for g in grads))
     return grads
+
+
+_triton_backward = torch.library.custom_op("predkern::stlstm_memory_triton_backward", mutates_args=())(
+    _triton_backward_impl)
 
 
 @_triton_backward.register_fake
@@ -165,14 +173,16 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.gate_dtype, ctx.return_deltas = x_cat.dtype, return_deltas
 
 
-def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates):
+def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates, *, backward=_triton_backward):
     gates, c, m = ctx.saved_tensors
     if not ctx.return_deltas:
         grad_delta_c = grad_delta_m = None
     if grad_mem is None and grad_delta_c is None and grad_delta_m is None:
         return (None,) * 8
-    grads = _triton_backward(grad_mem, grad_delta_c, grad_delta_m, gates, c, m, ctx.gate_dtype)
+    grads = backward(grad_mem, grad_delta_c, grad_delta_m, gates, c, m, ctx.gate_dtype)
     return (*grads, None, None, None)
 
 
 _triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_function = _triton_eager.function("_TritonSTLSTMMemory", _triton_forward_impl, _triton_backward_impl,
+                                          _triton_setup_context, _triton_grad)

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
+from predkern.ops import _triton_eager
 from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "stlstm_output"
@@ -35,7 +36,8 @@ def stlstm_output(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tenso
     if backend == "reference":
         return reference.stlstm_output(x_cat, h_cat, o_conv, last_conv)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_cat, h_cat, o_conv, last_conv))
-    return torch.ops.predkern.stlstm_output_triton(x_cat, h_cat, o_conv, last_conv, save)[0]
+    return _triton_eager.call(torch.ops.predkern.stlstm_output_triton, _triton_function,
+                              x_cat, h_cat, o_conv, last_conv, save)[0]
 
 
 def _check(x_cat, h_cat, o_conv, last_conv) -> None:
@@ -79,9 +81,8 @@ if backends._extension_error() is None:
 
 # ---- triton backend: custom ops around the kernels in predkern/triton/stlstm_output.py ----
 
-@torch.library.custom_op("predkern::stlstm_output_triton", mutates_args=())
-def _triton_forward(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tensor,
-                    save: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _triton_forward_impl(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tensor,
+                         save: bool) -> tuple[Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_output as kernels
 
     h_new, o_gate, tanh_last = _forward_outputs(x_cat, o_conv, save)
@@ -89,6 +90,10 @@ def _triton_forward(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Ten
         kernels.forward(as3(x_cat), as3(h_cat), as3(o_conv), as3(last_conv), as3(h_new),
                         as3(o_gate) if save else None, as3(tanh_last) if save else None)
     return h_new, o_gate, tanh_last
+
+
+_triton_forward = torch.library.custom_op("predkern::stlstm_output_triton", mutates_args=())(
+    _triton_forward_impl)
 
 
 def _forward_outputs(x_cat, o_conv, save):
@@ -103,15 +108,18 @@ def _(x_cat, h_cat, o_conv, last_conv, save):
     return _forward_outputs(x_cat, o_conv, save)
 
 
-@torch.library.custom_op("predkern::stlstm_output_triton_backward", mutates_args=())
-def _triton_backward(grad_h: Tensor, o_gate: Tensor, tanh_last: Tensor
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _triton_backward_impl(grad_h: Tensor, o_gate: Tensor, tanh_last: Tensor
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     from predkern.triton import stlstm_output as kernels
 
     grads = _grads(o_gate)
     if o_gate.numel():
         kernels.backward(as3(grad_h), as3(o_gate), as3(tanh_last), *(as3(g) for g in grads))
     return grads
+
+
+_triton_backward = torch.library.custom_op("predkern::stlstm_output_triton_backward", mutates_args=())(
+    _triton_backward_impl)
 
 
 @_triton_backward.register_fake
@@ -128,11 +136,13 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1], output[2])
 
 
-def _triton_grad(ctx, grad_h, _grad_o_gate, _grad_tanh_last):
+def _triton_grad(ctx, grad_h, _grad_o_gate, _grad_tanh_last, *, backward=_triton_backward):
     o_gate, tanh_last = ctx.saved_tensors
     if grad_h is None:
         return (None,) * 5
-    return (*_triton_backward(grad_h, o_gate, tanh_last), None)
+    return (*backward(grad_h, o_gate, tanh_last), None)
 
 
 _triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_function = _triton_eager.function("_TritonSTLSTMOutput", _triton_forward_impl, _triton_backward_impl,
+                                          _triton_setup_context, _triton_grad)

@@ -160,7 +160,8 @@ def on_tensors_device(launch):
     @functools.wraps(launch)
     def on_device(*args, **kwargs):
         t = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        if t is None or t.device.type != "cuda":
+        # entering torch.cuda.device costs host time at every launch: only when it changes anything
+        if t is None or t.device.type != "cuda" or t.device.index == torch.cuda.current_device():
             return launch(*args, **kwargs)
         with torch.cuda.device(t.device):
             return launch(*args, **kwargs)

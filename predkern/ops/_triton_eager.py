@@ -1,0 +1,48 @@
+"""The triton backend's ops in eager mode, without their custom ops' dispatch.
+
+Each op's Triton path is a pair of torch.library custom ops (forward and backward): torch.compile
+and opcheck need them (opaque to Dynamo, with fake implementations). But their Python dispatch (the
+custom op's autograd wrapper, the redispatch, the Dynamo-disable wrapper) costs more than the
+kernels at the sizes people train: with the launch stubbed out, a convlstm_gates forward at B=1,
+C=4, 4x4 took 109 us with autograd and a forward+backward 242 us on a 2-core EPYC. Outside
+torch.compile, on plain tensors, `call` runs the same implementations through a
+torch.autograd.Function instead, with the same setup_context and gradient formula.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def function(name: str, forward_impl, backward_impl, setup_context, grad) -> type:
+    """An autograd.Function over a custom op pair's implementations: forward_impl(*args) (its last
+    argument `save`), setup_context(ctx, args, outputs) and grad(ctx, *grads, backward=...) as
+    registered with the custom op, grad calling backward_impl in place of the backward custom op."""
+
+    def forward(ctx, *args):  # not the setup_context style, whose apply calls inspect.signature
+        outputs = forward_impl(*args)
+        setup_context(ctx, args, outputs)
+        return outputs
+
+    @once_differentiable  # the kernels' gradients have no gradient of their own, as the custom op's
+    def backward(ctx, *grads):
+        return grad(ctx, *grads, backward=backward_impl)
+
+    # built by type() so that autograd names its nodes after the op (`<name>Backward`)
+    return type(name, (torch.autograd.Function,), dict(
+        forward=staticmethod(forward), backward=staticmethod(backward), impl=staticmethod(forward_impl)))
+
+
+def call(op, direct: type, *args):
+    """op(*args), a triton custom op whose last argument says whether to save for backward; through
+    `direct` (see `function`) outside torch.compile, torch.func transforms and TorchDispatchModes,
+    when every tensor is a plain one. The others (FakeTensorMode, fake, functional or other subclass
+    tensors among them) keep the custom op, whose dispatch and fake implementation handle them."""
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+            or torch._C._functorch.peek_interpreter_stack() is not None
+            or any(type(a) not in _PLAIN for a in args if isinstance(a, Tensor))):
+        return op(*args)
+    return direct.apply(*args) if args[-1] else direct.impl(*args)
