@@ -1,7 +1,8 @@
 """convlstm_gates: the ConvLSTM cell step after its convolutions (SPEC.md section 1).
 
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.convlstm_gates, C++
-autograd, see csrc/convlstm_gates.cpp) and triton (custom ops below, Python autograd).
+autograd, see csrc/convlstm_gates.cpp) and triton (custom ops below, Python autograd;
+in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """decoupling_loss: PredRNN-V2's memory decoupling loss (SPEC.md section 3).
 
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.decoupling_loss, C++
-autograd, see csrc/decoupling_loss.cpp) and triton (custom ops below, Python autograd).
+autograd, see csrc/decoupling_loss.cpp) and triton (custom ops below, Python autograd;
+in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
 Every backend reduces each (n, c) row in double, in a fixed order, and sums the rows in row
 order: the same bits on every run, no float atomics.
 """

@@ -1,7 +1,8 @@
 """prednet_error: PredNet's error units (SPEC.md section 4).
 
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.prednet_error, C++
-autograd, see csrc/prednet_error.cpp) and triton (custom ops below, Python autograd). The
+autograd, see csrc/prednet_error.cpp) and triton (custom ops below, Python autograd;
+in eager mode the same implementations through an autograd.Function, see _triton_eager.py). The
 backward recomputes the activated prediction from the saved inputs a and a_hat: nothing else
 is saved (eager autograd keeps relu(a_hat) and both halves of e).
 """

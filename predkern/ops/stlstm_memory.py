@@ -1,7 +1,8 @@
 """stlstm_memory: PredRNN ST-LSTM stage 1, the two memories c' and m' (SPEC.md section 2).
 
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.stlstm_memory, C++
-autograd, see csrc/stlstm_memory.cpp) and triton (custom ops below, Python autograd).
+autograd, see csrc/stlstm_memory.cpp) and triton (custom ops below, Python autograd;
+in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """stlstm_output: PredRNN ST-LSTM stage 2, the hidden state h' (SPEC.md section 2).
 
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.stlstm_output, C++
-autograd, see csrc/stlstm_output.cpp) and triton (custom ops below, Python autograd).
+autograd, see csrc/stlstm_output.cpp) and triton (custom ops below, Python autograd;
+in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
 """
 from __future__ import annotations
 
