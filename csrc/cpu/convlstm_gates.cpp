@@ -19,7 +19,9 @@ void forward_typed(const ConvLSTMGatesForward& p) {
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
   const bool hard = p.act == GateAct::HardSigmoid;
   const bool has_gh = p.gates_h.ptr, has_bias = p.bias.ptr, has_peep = p.peephole.ptr;
-  const bool save = p.saved_gates.ptr, low = p.saved_in_gate_dtype;
+  // low: the saved gates are in G. Where G is the math type (float32, float64) both choices are
+  // one type: the constant lets the compiler drop the branch from the inner loops.
+  const bool save = p.saved_gates.ptr, low = std::is_same_v<G, T> || p.saved_in_gate_dtype;
   const size_t saved_bytes = save ? 4 * (low ? sizeof(G) : sizeof(T)) : 0;
   const bool st = streams(p.B * C * p.S, sizeof(G) + sizeof(S) + saved_bytes,
                           std::max({sizeof(G), sizeof(S), saved_bytes}));
@@ -114,7 +116,7 @@ void backward_typed(const ConvLSTMGatesBackward& p) {
   constexpr int64_t V = Vectorized<T>::size();
   const RowSpace rs = row_space(p.B, p.C, p.S, p.grad_c);
   const int64_t C = p.C, outer_n = rs.space_inner ? p.C : p.S;
-  const bool hard = p.act == GateAct::HardSigmoid, low = p.saved_in_gate_dtype;
+  const bool hard = p.act == GateAct::HardSigmoid, low = std::is_same_v<G, T> || p.saved_in_gate_dtype;
   const bool has_dh = p.grad_h.ptr, has_dcn = p.grad_c_new.ptr, has_peep = p.peephole.ptr;
   const bool st = streams(p.B * C * p.S, 4 * sizeof(G) + sizeof(S), 4 * sizeof(G));
   const Vectorized<T> zero(T(0)), one(T(1));
