@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace predkern {
 namespace convlstm_cuda {
@@ -171,7 +172,7 @@ PK_HD void fwd_element(const FwdArgs<G, S, I>& a, I idx) {
   if (a.sg != nullptr) {  // see saved_gates in convlstm_gates.h
     constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
     const I so = a.sg_s.at(b, ch, s);
-    if (a.sg_low)
+    if (std::is_same<G, T>::value || a.sg_low)  // one type where G is the math type: no branch
       store_saved<G>(a.sg, so, a.sg_blk, hard ? zi : i, hard ? zf : f, g, hard ? zo : o);
     else
       store_saved<T>(a.sg, so, a.sg_blk, hard ? zi : i, hard ? zf : f, g, hard ? zo : o);
@@ -276,7 +277,8 @@ PK_HD void bwd_element(const BwdArgs<G, S, I>& a, I idx) {
   constexpr bool hard = ACT == static_cast<int>(GateAct::HardSigmoid);
   const I so = a.sg_s.at(b, ch, s);
   const auto saved = [&](int k) {
-    return a.sg_low ? load_saved<G, T>(a.sg, so, a.sg_blk[k]) : load_saved<T, T>(a.sg, so, a.sg_blk[k]);
+    return std::is_same<G, T>::value || a.sg_low ? load_saved<G, T>(a.sg, so, a.sg_blk[k])
+                                                 : load_saved<T, T>(a.sg, so, a.sg_blk[k]);
   };
   const T vi = saved(kI), vf = saved(kF), g = saved(kG), vo = saved(kO);
   const T cv = load<T>(a.c + a.c_s.at(b, ch, s));
