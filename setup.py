@@ -57,11 +57,13 @@ def _build_ext():
     class BuildExt(BuildExtension.with_options(no_python_abi_suffix=False)):
         """Every build of this checkout (editable, wheel, build_ext --inplace) keeps its objects in
         build/temp, where setuptools gives an editable build a fresh temporary directory: ninja then
-        recompiles only what changed, and a wheel built after an editable install reuses its objects."""
+        recompiles only what changed, and a wheel built after an editable install reuses its objects.
+        An explicit --build-temp still wins."""
 
         def finalize_options(self):
+            if self.build_temp is None:
+                self.build_temp = os.path.join(ROOT, "build", "temp")
             super().finalize_options()
-            self.build_temp = os.path.join(ROOT, "build", "temp")
 
     return BuildExt
 

@@ -127,8 +127,9 @@ def _run_suite(emulated, run, cwd):
     variant, settings, selection = RUNS[run]
     if not (emulated / variant).exists():
         return f"the {variant} build was skipped (the compiler has no AddressSanitizer runtime)", None, None
-    if _unsupported(settings):
-        return _unsupported(settings), None, None
+    unsupported = _unsupported(settings)
+    if unsupported:
+        return unsupported, None, None
     env = environment(emulated, variant, settings)
     # From a directory outside the checkout, so `predkern` is the emulated copy.
     kernels = emu.VARIANTS[variant][0]

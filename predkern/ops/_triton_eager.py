@@ -3,8 +3,9 @@
 Each op's Triton path is a pair of torch.library custom ops (forward and backward): torch.compile
 and opcheck need them (opaque to Dynamo, with fake implementations). But their Python dispatch (the
 custom op's autograd wrapper, the redispatch, the Dynamo-disable wrapper) costs more than the
-kernels at the sizes people train: with the launch stubbed out, a convlstm_gates forward at B=1,
-C=4, 4x4 took 109 us with autograd and a forward+backward 242 us on a 2-core EPYC. Outside
+kernels at the sizes people train: with the launches stubbed out, a convlstm_gates forward+backward
+at B=1, C=4, 4x4 took 388 us of host time through them and 293 us through this path on a 2-core
+EPYC (`benchmarks/host_profile.py --stub-triton-launch --backward`, README). Outside
 torch.compile, on plain tensors, `call` runs the same implementations through a
 torch.autograd.Function instead, with the same setup_context and gradient formula.
 """
