@@ -40,6 +40,28 @@ def test_matches_reference(backend, spatial, layout, opts):
         assert got["out0"].is_contiguous(memory_format=torch.channels_last), "e follows a's format"
 
 
+def _one_element_on(t):
+    """t's values at an address one element further on: the same sizes and strides, misaligned."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    return buf[1:].as_strided(t.shape, t.stride()).copy_(t)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_aligned_and_misaligned_views_agree(backend, layout):
+    """The fast dim a multiple of 4 (contiguous: 4x6 positions, channels_last: C=4), where the CUDA
+    kernels read and write 4 elements per access, and the same values one element off, where they
+    go one element at a time: both match the reference, and e_mean has the same bits (both paths
+    add the same values in the same order; the CPU kernel does not depend on alignment)."""
+    device = backend_device(backend)
+    x = inputs(C=4, spatial=(4, 6), device=device, layout=layout)
+    shifted = {k: _one_element_on(v) for k, v in x.items()}
+    assert shifted["a"].stride() == x["a"].stride() and shifted["a"].data_ptr() % 16
+    for opts in (OPTIONS["layer0"], OPTIONS["target_first"], OPTIONS["upper"]):
+        got, got_shifted = check(backend, OP, x, opts), check(backend, OP, shifted, opts)
+        if opts.get("return_mean") and backend in ("cpu", "cuda"):
+            assert torch.equal(got["out2"], got_shifted["out2"])
+
+
 @pytest.mark.parametrize("which", [(0,), (1,), (2,), (0, 2), (1, 2)],
                          ids=["e", "a_hat_out", "e_mean", "e_and_mean", "a_hat_out_and_mean"])
 def test_gradient_of_some_outputs(backend, which):

@@ -3,8 +3,9 @@
 // Only CUDA runtime headers, so the kernels compile with a bare nvcc (DESIGN.md).
 //
 // Conventions of the kernels built on it:
-// - One thread per (b, ch, s) element of the (B, C, S) problem, grid-stride loop, one launch per
-//   forward and per backward, nothing launched when B*C*S == 0.
+// - One thread per (b, ch, s) element of the (B, C, S) problem (or per kVec of them along the fast
+//   dim where the kernel has a vector path, see Vec), grid-stride loop, one launch per forward and
+//   per backward, nothing launched when B*C*S == 0.
 // - The flat index is decomposed as (b, mid, fast), `fast` being whichever of channel / space has
 //   the smaller stride in the kernel's main output (Layout), so consecutive threads touch
 //   consecutive addresses for NCHW and channels_last alike.
@@ -230,6 +231,40 @@ inline bool fits_i32(double widest_numel, std::initializer_list<double> reaches)
   for (double x : reaches)
     if (x > kI32Max) return false;
   return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector access: kVec consecutive elements along the fast dim in one load or store (16 bytes in
+// float32), as PyTorch's elementwise kernels and a clone() move them; kernels take this path where
+// every operand allows it (vectorizes) and the scalar path elsewhere.
+// ---------------------------------------------------------------------------------------------
+constexpr int kVec = 4;
+
+template <typename X>
+struct alignas(kVec * sizeof(X)) Vec {
+  X v[kVec];
+};
+
+template <typename X>
+PK_HD Vec<X> load_vec(const X* p) { return *reinterpret_cast<const Vec<X>*>(p); }
+
+template <typename X>
+PK_HD void store_vec(X* p, const Vec<X>& v) { *reinterpret_cast<Vec<X>*>(p) = v; }
+
+// Whether view v of (nb, nc, ns) elements of `elem` bytes, shifted by `offset` elements (a
+// channel block's), can be accessed a Vec at a time from every element whose fast index (channel
+// if chan_fast, else position) is a multiple of kVec: unit stride along the fast dim, the other
+// strides (of dims longer than 1) multiples of kVec, and the start aligned to a Vec. The caller
+// checks that the fast extent is a multiple of kVec. An absent view does not object.
+inline bool vectorizes(const View3& v, bool chan_fast, int64_t nb, int64_t nc, int64_t ns,
+                       std::size_t elem, int64_t offset = 0) {
+  if (v.ptr == nullptr) return true;
+  const auto whole = [](int64_t n, int64_t stride) { return n <= 1 || stride % kVec == 0; };
+  const bool fast_unit = chan_fast ? v.sc == 1 : v.ss == 1;
+  const bool others = chan_fast ? whole(ns, v.ss) : whole(nc, v.sc);
+  const auto start = reinterpret_cast<std::uintptr_t>(static_cast<const char*>(v.ptr)) +
+                     static_cast<std::uintptr_t>(offset) * elem;
+  return fast_unit && others && whole(nb, v.sb) && offset % kVec == 0 && start % (kVec * elem) == 0;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,11 @@
 //
 // Same scheme as stlstm_output.cu (helpers in common.cuh): one thread per (n, c, s) element, the
 // flat index decomposed so that consecutive threads follow the smaller of the channel / space
-// strides of the main output (e forward, grad_a backward); one launch per direction. With e_mean
+// strides of the main output (e forward, grad_a backward); one launch per direction. Where every
+// operand allows it (unit stride along that fast dim, its extent a multiple of kVec, aligned
+// starts: vectorizes() in common.cuh), a thread takes kVec consecutive elements instead, one Vec
+// load or store per operand (16 bytes in float32), as a clone() moves them: at KITTI layer 0 the
+// one-element forward reached 75% of a clone's device bandwidth on an H200. With e_mean
 // the forward instead runs one block per (n, chunk of kPredNetErrorChunk of the sample's C*S
 // positions in that same flat order): the block writes the same outputs and sums its e values
 // (float accumulate, double for float64; the values as stored, i.e. rounded to the dtype) by a
@@ -29,8 +33,7 @@ namespace prednet_error_cuda {
 
 using namespace cuda_detail;
 
-static_assert(kPredNetErrorChunk % kThreads == 0, "a chunk is a whole number of block strides");
-constexpr int kPerThread = static_cast<int>(kPredNetErrorChunk / kThreads);
+static_assert(kPredNetErrorChunk == kThreads * kVec, "a chunk is kVec positions per thread");
 
 // relu with NaN propagating (relu(NaN) = NaN, as torch.relu).
 template <typename T>
@@ -85,16 +88,23 @@ struct FwdArgs {
   T cm = T(0);  // clip_max
 };
 
+// One element's error units from a's and a_hat's values: p (a_hat_out) and e's two values.
+template <typename X, typename I>
+PK_HD void units(const FwdArgs<X, I>& a, OpMath<X> av, OpMath<X> ahv, OpMath<X>& p, OpMath<X>& pos,
+                 OpMath<X>& neg) {
+  p = ahv;
+  if (a.relu) p = relu(p);
+  if (a.clip) p = clamp_max(p, a.cm);
+  pos = relu(p - av);
+  neg = relu(av - p);
+}
+
 // Writes e and a_hat_out at (b, ch, s); returns the sum of the two e values as stored.
 template <typename X, typename I>
 PK_HD OpMath<X> fwd_at(const FwdArgs<X, I>& a, I b, I ch, I s) {
   using T = OpMath<X>;
-  const T av = load<T>(a.a + a.a_s.at(b, ch, s));
-  T p = load<T>(a.ah + a.ah_s.at(b, ch, s));
-  if (a.relu) p = relu(p);
-  if (a.clip) p = clamp_max(p, a.cm);
-  const T pos = relu(p - av);
-  const T neg = relu(av - p);
+  T p, pos, neg;
+  units(a, load<T>(a.a + a.a_s.at(b, ch, s)), load<T>(a.ah + a.ah_s.at(b, ch, s)), p, pos, neg);
   const I eo = a.e_s.at(b, ch, s);
   store(a.e + eo + a.pos_blk, pos);
   store(a.e + eo + a.neg_blk, neg);
@@ -102,36 +112,77 @@ PK_HD OpMath<X> fwd_at(const FwdArgs<X, I>& a, I b, I ch, I s) {
   return round_as<X>(pos) + round_as<X>(neg);
 }
 
+// fwd_at for the kVec elements from (b, ch, s) on along the fast dim, one Vec access per operand;
+// returns the sum of their e values as stored, added in element order as the scalar path adds them.
 template <typename X, typename I>
+PK_HD OpMath<X> fwd_vec_at(const FwdArgs<X, I>& a, I b, I ch, I s) {
+  using T = OpMath<X>;
+  const Vec<X> av = load_vec(a.a + a.a_s.at(b, ch, s));
+  const Vec<X> ahv = load_vec(a.ah + a.ah_s.at(b, ch, s));
+  Vec<X> p_out, pos_out, neg_out;
+  T sum = T(0);
+  for (int k = 0; k < kVec; ++k) {
+    T p, pos, neg;
+    units(a, static_cast<T>(to_op(av.v[k])), static_cast<T>(to_op(ahv.v[k])), p, pos, neg);
+    store(&p_out.v[k], p);
+    store(&pos_out.v[k], pos);
+    store(&neg_out.v[k], neg);
+    sum += static_cast<T>(to_op(pos_out.v[k])) + static_cast<T>(to_op(neg_out.v[k]));
+  }
+  const I eo = a.e_s.at(b, ch, s);
+  store_vec(a.e + eo + a.pos_blk, pos_out);
+  store_vec(a.e + eo + a.neg_blk, neg_out);
+  store_vec(a.aho + a.aho_s.at(b, ch, s), p_out);
+  return sum;
+}
+
+// One thread per element, or with V per kVec elements along the fast dim.
+template <typename X, typename I, bool V>
 __global__ void __launch_bounds__(kThreads) prednet_error_fwd_kernel(const FwdArgs<X, I> a) {
+  constexpr int64_t W = V ? kVec : 1;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n / W;
        k += step) {
     I b, ch, s;
-    a.lay.decompose(static_cast<I>(k), b, ch, s);
-    fwd_at<X, I>(a, b, ch, s);
+    a.lay.decompose(static_cast<I>(k * W), b, ch, s);
+    if constexpr (V)
+      fwd_vec_at<X, I>(a, b, ch, s);
+    else
+      fwd_at<X, I>(a, b, ch, s);
   }
 }
 
-// One block per (n, chunk): the chunk's positions q = chunk * kPredNetErrorChunk + j * kThreads +
-// threadIdx.x of the sample's (mid, fast) flat order; per-thread sums in j order, then a fixed tree.
-template <typename X, typename I>
+// One block per (n, chunk): thread t takes the chunk's positions q = chunk * kPredNetErrorChunk +
+// t * kVec + k (k < kVec) of the sample's (mid, fast) flat order, with V as one Vec access per
+// operand, and adds their e values in k order; then a fixed tree adds the threads' sums. Both paths
+// add the same values in the same order, so e_mean has the same bits whichever path runs.
+template <typename X, typename I, bool V>
 __global__ void __launch_bounds__(kThreads) prednet_error_fwd_chunk_kernel(const FwdArgs<X, I> a) {
   using T = OpMath<X>;
   __shared__ T sh[kThreads];
   const int tid = static_cast<int>(threadIdx.x);
+  const auto at = [&](int64_t q, I& ch, I& s) {  // a sample's flat position -> (ch, s)
+    I mid, fast;
+    a.lay.fast.divmod(static_cast<I>(q), mid, fast);
+    ch = a.lay.chan_fast ? fast : mid;
+    s = a.lay.chan_fast ? mid : fast;
+  };
   for (int64_t w = blockIdx.x; w < a.work; w += gridDim.x) {
     const int64_t n = w / a.chunks;
-    const int64_t base = (w - n * a.chunks) * kPredNetErrorChunk + tid;
+    const int64_t first = (w - n * a.chunks) * kPredNetErrorChunk + static_cast<int64_t>(tid) * kVec;
     T sum = T(0);
-    for (int j = 0; j < kPerThread; ++j) {
-      const int64_t q = base + static_cast<int64_t>(j) * kThreads;
-      if (q < a.cs) {
-        I mid, fast;
-        a.lay.fast.divmod(static_cast<I>(q), mid, fast);
-        const I ch = a.lay.chan_fast ? fast : mid;
-        const I s = a.lay.chan_fast ? mid : fast;
-        sum += fwd_at<X, I>(a, static_cast<I>(n), ch, s);
+    I ch, s;
+    if constexpr (V) {
+      if (first < a.cs) {  // then all kVec are: C*S is a multiple of kVec on this path
+        at(first, ch, s);
+        sum = fwd_vec_at<X, I>(a, static_cast<I>(n), ch, s);
+      }
+    } else {
+      for (int k = 0; k < kVec; ++k) {
+        if (first + k < a.cs) {
+          at(first + k, ch, s);
+          sum += fwd_at<X, I>(a, static_cast<I>(n), ch, s);
+        }
       }
     }
     sh[tid] = sum;
@@ -199,17 +250,36 @@ FwdArgs<X, I> make_fwd_args(const PredNetErrorForward& p) {
   return a;
 }
 
+// Whether every operand of the forward can be accessed a Vec at a time (vectorizes, common.cuh).
 template <typename X, typename I>
-void launch_fwd_i(const PredNetErrorForward& p, cudaStream_t stream) {
-  const FwdArgs<X, I> a = make_fwd_args<X, I>(p);
+bool fwd_vectorizes(const PredNetErrorForward& p, const FwdArgs<X, I>& a) {
+  const bool cf = a.lay.chan_fast;
+  const auto ok = [&](const View3& v, int64_t offset) {
+    return vectorizes(v, cf, p.N, p.C, p.S, sizeof(X), offset);
+  };
+  return (cf ? p.C : p.S) % kVec == 0 && ok(p.a, 0) && ok(p.a_hat, 0) && ok(p.e, a.pos_blk) &&
+         ok(p.e, a.neg_blk) && ok(p.a_hat_out, 0);
+}
+
+template <typename X, typename I, bool V>
+void launch_fwd_v(const FwdArgs<X, I>& a, const PredNetErrorForward& p, cudaStream_t stream) {
   if (p.e_mean == nullptr) {
-    prednet_error_fwd_kernel<X, I><<<grid_for(a.n), kThreads, 0, stream>>>(a);
+    prednet_error_fwd_kernel<X, I, V><<<grid_for(V ? a.n / kVec : a.n), kThreads, 0, stream>>>(a);
     check_launch("prednet_error_forward_cuda");
     return;
   }
-  prednet_error_fwd_chunk_kernel<X, I><<<blocks_for(a.work), kThreads, 0, stream>>>(a);
+  prednet_error_fwd_chunk_kernel<X, I, V><<<blocks_for(a.work), kThreads, 0, stream>>>(a);
   check_launch("prednet_error_forward_cuda");
   launch_mean<X>(p, a.chunks, stream);
+}
+
+template <typename X, typename I>
+void launch_fwd_i(const PredNetErrorForward& p, cudaStream_t stream) {
+  const FwdArgs<X, I> a = make_fwd_args<X, I>(p);
+  if (fwd_vectorizes(p, a))
+    launch_fwd_v<X, I, true>(a, p, stream);
+  else
+    launch_fwd_v<X, I, false>(a, p, stream);
 }
 
 inline bool fwd_fits_i32(const PredNetErrorForward& p) {
@@ -250,50 +320,96 @@ struct BwdArgs {
   T count = T(1);  // 2 C S, the elements e_mean averages
 };
 
+// The gradients of a (gav) and a_hat (gp) at one element, from a's and a_hat's values and the
+// gradients reaching e's relu(p - a) and relu(a - p) (gpos, gneg) and, where present, a_hat_out.
 template <typename X, typename I>
-PK_HD void bwd_element(const BwdArgs<X, I>& a, I idx) {
+PK_HD void grads_at(const BwdArgs<X, I>& a, OpMath<X> av, OpMath<X> ahv, OpMath<X> gpos,
+                    OpMath<X> gneg, bool has_gaho, OpMath<X> gaho, OpMath<X>& gav, OpMath<X>& gp) {
   using T = OpMath<X>;
-  I b, ch, s;
-  a.lay.decompose(idx, b, ch, s);
-
   // Recompute the forward from the saved inputs.
-  const T av = load<T>(a.a + a.a_s.at(b, ch, s));
-  const T ahv = load<T>(a.ah + a.ah_s.at(b, ch, s));
   const T r = a.relu ? relu(ahv) : ahv;  // the clamp's input
   const T p = a.clip ? clamp_max(r, a.cm) : r;
-
-  // Gradients reaching relu(p - a) and relu(a - p). An absent gradient is skipped, not read.
-  T gpos = T(0), gneg = T(0);
-  const bool have_e = a.ge != nullptr;
-  if (have_e) {
-    const I go = a.ge_s.at(b, ch, s);
-    gpos = load<T>(a.ge + go + a.pos_blk);
-    gneg = load<T>(a.ge + go + a.neg_blk);
-  }
-  if (a.gem != nullptr) {
-    const T gm = load<T>(a.gem + b) / a.count;
-    gpos = have_e ? gpos + gm : gm;
-    gneg = have_e ? gneg + gm : gm;
-  }
   // relu backward on its result: passes where the result is not <= 0 (NaN passes).
   const T d = p - av, nd = av - p;
   const T dpos = d <= T(0) ? T(0) : gpos;
   const T dneg = nd <= T(0) ? T(0) : gneg;
 
-  T gp = a.gaho != nullptr ? load<T>(a.gaho + a.gaho_s.at(b, ch, s)) + dpos - dneg : dpos - dneg;
-  const T gav = dneg - dpos;
+  gp = has_gaho ? gaho + dpos - dneg : dpos - dneg;
+  gav = dneg - dpos;
   if (a.clip) gp = r <= a.cm ? gp : T(0);  // the clamp passes where its input <= clip_max
   if (a.relu) gp = r <= T(0) ? T(0) : gp;   // relu(a_hat) passes where its result is not <= 0
+}
 
+// The gradients reaching e's two values from grad_e (where given) and grad_e_mean (gm, where
+// has_gm). An absent gradient is skipped, not read.
+template <typename T>
+PK_HD void e_grads(bool has_e, T ge_pos, T ge_neg, bool has_gm, T gm, T& gpos, T& gneg) {
+  gpos = has_e ? ge_pos : T(0);
+  gneg = has_e ? ge_neg : T(0);
+  if (has_gm) {
+    gpos = has_e ? gpos + gm : gm;
+    gneg = has_e ? gneg + gm : gm;
+  }
+}
+
+template <typename X, typename I>
+PK_HD void bwd_at(const BwdArgs<X, I>& a, I b, I ch, I s) {
+  using T = OpMath<X>;
+  const bool has_e = a.ge != nullptr, has_gm = a.gem != nullptr, has_gaho = a.gaho != nullptr;
+  const I go = has_e ? a.ge_s.at(b, ch, s) : I(0);
+  T gpos, gneg, gav, gp;
+  e_grads<T>(has_e, has_e ? load<T>(a.ge + go + a.pos_blk) : T(0),
+             has_e ? load<T>(a.ge + go + a.neg_blk) : T(0), has_gm,
+             has_gm ? load<T>(a.gem + b) / a.count : T(0), gpos, gneg);
+  grads_at(a, load<T>(a.a + a.a_s.at(b, ch, s)), load<T>(a.ah + a.ah_s.at(b, ch, s)), gpos, gneg,
+           has_gaho, has_gaho ? load<T>(a.gaho + a.gaho_s.at(b, ch, s)) : T(0), gav, gp);
   store(a.ga + a.ga_s.at(b, ch, s), gav);
   store(a.gah + a.gah_s.at(b, ch, s), gp);
 }
 
+// bwd_at for the kVec elements from (b, ch, s) on along the fast dim, one Vec access per operand.
 template <typename X, typename I>
+PK_HD void bwd_vec_at(const BwdArgs<X, I>& a, I b, I ch, I s) {
+  using T = OpMath<X>;
+  const bool has_e = a.ge != nullptr, has_gm = a.gem != nullptr, has_gaho = a.gaho != nullptr;
+  const I go = has_e ? a.ge_s.at(b, ch, s) : I(0);
+  Vec<X> ge_pos{}, ge_neg{}, gaho{};
+  if (has_e) {
+    ge_pos = load_vec(a.ge + go + a.pos_blk);
+    ge_neg = load_vec(a.ge + go + a.neg_blk);
+  }
+  if (has_gaho) gaho = load_vec(a.gaho + a.gaho_s.at(b, ch, s));
+  const T gm = has_gm ? load<T>(a.gem + b) / a.count : T(0);
+  const Vec<X> av = load_vec(a.a + a.a_s.at(b, ch, s));
+  const Vec<X> ahv = load_vec(a.ah + a.ah_s.at(b, ch, s));
+  Vec<X> ga_out, gah_out;
+  for (int k = 0; k < kVec; ++k) {
+    T gpos, gneg, gav, gp;
+    e_grads<T>(has_e, static_cast<T>(to_op(ge_pos.v[k])), static_cast<T>(to_op(ge_neg.v[k])), has_gm,
+               gm, gpos, gneg);
+    grads_at(a, static_cast<T>(to_op(av.v[k])), static_cast<T>(to_op(ahv.v[k])), gpos, gneg, has_gaho,
+             static_cast<T>(to_op(gaho.v[k])), gav, gp);
+    store(&ga_out.v[k], gav);
+    store(&gah_out.v[k], gp);
+  }
+  store_vec(a.ga + a.ga_s.at(b, ch, s), ga_out);
+  store_vec(a.gah + a.gah_s.at(b, ch, s), gah_out);
+}
+
+// One thread per element, or with V per kVec elements along the fast dim.
+template <typename X, typename I, bool V>
 __global__ void __launch_bounds__(kThreads) prednet_error_bwd_kernel(const BwdArgs<X, I> a) {
+  constexpr int64_t W = V ? kVec : 1;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n; k += step)
-    bwd_element<X, I>(a, static_cast<I>(k));
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < a.n / W;
+       k += step) {
+    I b, ch, s;
+    a.lay.decompose(static_cast<I>(k * W), b, ch, s);
+    if constexpr (V)
+      bwd_vec_at<X, I>(a, b, ch, s);
+    else
+      bwd_at<X, I>(a, b, ch, s);
+  }
 }
 
 template <typename X, typename I>
@@ -324,10 +440,25 @@ BwdArgs<X, I> make_bwd_args(const PredNetErrorBackward& p) {
   return a;
 }
 
+// Whether every operand of the backward can be accessed a Vec at a time (vectorizes, common.cuh).
+template <typename X, typename I>
+bool bwd_vectorizes(const PredNetErrorBackward& p, const BwdArgs<X, I>& a) {
+  const bool cf = a.lay.chan_fast;
+  const auto ok = [&](const View3& v, int64_t offset) {
+    return vectorizes(v, cf, p.N, p.C, p.S, sizeof(X), offset);
+  };
+  return (cf ? p.C : p.S) % kVec == 0 && ok(p.grad_e, a.pos_blk) && ok(p.grad_e, a.neg_blk) &&
+         ok(p.grad_a_hat_out, 0) && ok(p.a, 0) && ok(p.a_hat, 0) && ok(p.grad_a, 0) &&
+         ok(p.grad_a_hat, 0);
+}
+
 template <typename X, typename I>
 void launch_bwd_i(const PredNetErrorBackward& p, cudaStream_t stream) {
   const BwdArgs<X, I> a = make_bwd_args<X, I>(p);
-  prednet_error_bwd_kernel<X, I><<<grid_for(a.n), kThreads, 0, stream>>>(a);
+  if (bwd_vectorizes(p, a))
+    prednet_error_bwd_kernel<X, I, true><<<grid_for(a.n / kVec), kThreads, 0, stream>>>(a);
+  else
+    prednet_error_bwd_kernel<X, I, false><<<grid_for(a.n), kThreads, 0, stream>>>(a);
   check_launch("prednet_error_backward_cuda");
 }
 
