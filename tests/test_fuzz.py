@@ -15,7 +15,7 @@ import predkern
 from predkern import reference
 from conftest import HAS_GPU, backend_device
 from op_table import OPS
-from oracle import outputs_and_grads
+from oracle import HALF_ATOL_ROUNDINGS, outputs_and_grads
 from tensors import VIEWS, laid_out
 
 HALF = (torch.float16, torch.bfloat16)
@@ -93,8 +93,8 @@ def _summed_terms(op, x, opts, ref):
 def _assert_matches(got, ref, eager, dtype, what, summed_terms=None):
     """Same shapes, dtypes (eager's), NaN and Inf where the float64 reference has them; finite
     values within SPEC.md 5's tolerance: float32/64 by REL x scale, halves no worse than eager
-    (where eager is finite: elsewhere its error is unbounded) plus one rounding of the output's
-    scale, or of its summed terms (see _summed_terms)."""
+    (where eager is finite: elsewhere its error is unbounded) plus HALF_ATOL_ROUNDINGS roundings of
+    the output's scale, or of its summed terms (see _summed_terms)."""
     for k, r in ref.items():
         g = got[k].detach()
         assert g.shape == r.shape, f"{what} {k}: shape {tuple(g.shape)} != {tuple(r.shape)}"
@@ -116,7 +116,7 @@ def _assert_matches(got, ref, eager, dtype, what, summed_terms=None):
             summed = (summed_terms or {}).get(k)
             # a NaN or Inf term under a finite result lies on a path the op does not take
             rounded = scale if summed is None else torch.clamp(summed[fin].nan_to_num(0, 0), min=scale)
-            bound = 2 * eager_err + torch.finfo(dtype).eps * rounded
+            bound = 2 * eager_err + HALF_ATOL_ROUNDINGS * torch.finfo(dtype).eps * rounded
         else:
             bound = torch.full_like(err, REL[dtype] * scale)
         bad = ~(err <= bound)
