@@ -144,32 +144,13 @@ def markdown(data: dict) -> str:
         for mode in dict.fromkeys(r["mode"] for r in rows if r["case"] == case):
             group = [r for r in rows if r["case"] == case and r["mode"] == mode]
             dims = ", ".join(f"{k}={v}" for k, v in group[0]["dims"].items())
-            gpu = any("device_s" in r for r in group)
-            device_cols = " device time | device GB/s (of clone) |" if gpu else ""
-            lines += [f"## {case} ({dims}): {mode}", "",
-                      "| contender | median | vs eager | vs compile | GB/s (of clone) |" + device_cols
-                      + " saved for backward | launches | peak memory | max error | status |",
-                      "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if gpu else "")]
             base = {r["contender"]: r.get("median_s") for r in group}
-            for r in group:
-                med = r.get("median_s")
-                gb = f"{r['gbps']:.1f} ({100 * r['gbps'] / r['clone_gbps']:.0f}%)" if "gbps" in r else ""
-                status = r["status"] if r["status"] == "ok" else f"**{r['status'].upper()}**: {r.get('error', '')}"
-                if "compile_s" in r:
-                    status += f" (compiled in {r['compile_s']:.1f} s)"
-                if "device_profile_error" in r:
-                    status += f" (no device time: {r['device_profile_error']})"
-                err = f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else ""
-                device = ""
-                if gpu:
-                    dgb = (f"{r['device_gbps']:.0f} ({100 * r['device_gbps'] / r['clone_device_gbps']:.0f}%)"
-                           if "device_gbps" in r else "")
-                    device = f" {_fmt_time(r['device_s']) if r.get('device_s') else ''} | {dgb} |"
-                lines.append(f"| {r['contender']} | {_fmt_time(med) if med else ''} | "
-                             f"{_ratio(med, base.get('eager'))} | {_ratio(med, base.get('compile'))} | {gb} |"
-                             f"{device} "
-                             f"{_fmt_bytes(r.get('saved_bytes'))} | {r.get('launches') or ''} | "
-                             f"{_fmt_bytes(r.get('peak_bytes'))} | {err} | {status} |")
+            table = [_table_row(r, base) for r in group]
+            # a column no contender fills (device time, launches, peak memory on a CPU) is left out
+            columns = [c for c in table[0] if c in ("contender", "status") or any(row[c] for row in table)]
+            lines += [f"## {case} ({dims}): {mode}", "",
+                      "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
             lines.append("")
             for r in group:  # where predkern's device time goes, kernel by kernel (GPU only)
                 if r["contender"].startswith("predkern") and r.get("kernels_s"):
@@ -178,6 +159,31 @@ def markdown(data: dict) -> str:
     if missing:
         lines += ["Backends not run here:", ""] + [f"- {k}: {v}" for k, v in missing.items()] + [""]
     return "\n".join(lines)
+
+
+def _table_row(r: dict, base: dict) -> dict:
+    """One contender's row of a case's table: column title -> cell text ('' where not measured)."""
+    med = r.get("median_s")
+    status = r["status"] if r["status"] == "ok" else f"**{r['status'].upper()}**: {r.get('error', '')}"
+    if "compile_s" in r:
+        status += f" (compiled in {r['compile_s']:.1f} s)"
+    if "device_profile_error" in r:
+        status += f" (no device time: {r['device_profile_error']})"
+    return {
+        "contender": r["contender"],
+        "median": _fmt_time(med) if med else "",
+        "vs eager": _ratio(med, base.get("eager")),
+        "vs compile": _ratio(med, base.get("compile")),
+        "GB/s (of clone)": f"{r['gbps']:.1f} ({100 * r['gbps'] / r['clone_gbps']:.0f}%)" if "gbps" in r else "",
+        "device time": _fmt_time(r["device_s"]) if r.get("device_s") else "",
+        "device GB/s (of clone)": (f"{r['device_gbps']:.0f} ({100 * r['device_gbps'] / r['clone_device_gbps']:.0f}%)"
+                                   if "device_gbps" in r else ""),
+        "saved for backward": _fmt_bytes(r.get("saved_bytes")),
+        "launches": str(r.get("launches") or ""),
+        "peak memory": _fmt_bytes(r.get("peak_bytes")),
+        "max error": f"{r['max_rel_error']:.1e}" if "max_rel_error" in r else "",
+        "status": status,
+    }
 
 
 def _kernel_name(name: str) -> str:
