@@ -39,11 +39,11 @@ def function(name: str, forward_impl, backward_impl, setup_context, grad) -> typ
 
 def call(op, direct: type, *args):
     """op(*args), a triton custom op whose last argument says whether to save for backward; through
-    `direct` (see `function`) outside torch.compile, torch.func transforms and TorchDispatchModes,
-    when every tensor is a plain one. The others (FakeTensorMode, fake, functional or other subclass
-    tensors among them) keep the custom op, whose dispatch and fake implementation handle them."""
+    `direct` (see `function`) outside torch.compile and TorchDispatchModes, when every tensor is a
+    plain one. The others (FakeTensorMode, fake, functional or other subclass tensors among them)
+    keep the custom op, whose dispatch and fake implementation handle them. (The ops take torch.func
+    transforms elsewhere: _functorch.py.)"""
     if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._functorch.peek_interpreter_stack() is not None
             or any(type(a) not in _PLAIN for a in args if isinstance(a, Tensor))):
         return op(*args)
     return direct.apply(*args) if args[-1] else direct.impl(*args)

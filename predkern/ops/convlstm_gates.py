@@ -3,6 +3,7 @@
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.convlstm_gates, C++
 autograd, see csrc/convlstm_gates.cpp) and triton (custom ops below, Python autograd;
 in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
+Under torch.func transforms every backend's kernels run through _functorch.py.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops import _triton_eager
+from predkern.ops import _functorch, _triton_eager
 from predkern.ops._tensors import as3 as _as3
 from predkern.ops._tensors import compute_dtype
 from predkern.ops._tensors import empty as _empty
@@ -37,6 +38,11 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     if not isinstance(gates_x, Tensor):
         _checks.tensor(OP, "gates_x", gates_x)
     backend = backends.select(gates_x.device.type)
+    if backend != "reference" and _functorch.active(OP):
+        _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
+        h_new, c_new, _ = _FUNCTORCH[backend].apply(gates_x, c, gates_h, bias, peephole, float(forget_bias),
+                                                   gate_order, gate_act, True)
+        return h_new, c_new
     if backend in ("cpu", "cuda"):
         # The C++ op checks the rest itself, with the same messages: a second check in Python
         # would cost as much as the fused kernel at small sizes.
@@ -205,7 +211,7 @@ def _(grad_h, grad_c_new, saved_gates, c, peephole, gate_dtype, gate_order, gate
     return _empty(saved_gates.shape, saved_gates, gate_dtype), _empty(c.shape, saved_gates, c.dtype)
 
 
-def _triton_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
     ctx.set_materialize_grads(False)
     gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act, save_gates = inputs
@@ -218,7 +224,7 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.has_gates_h, ctx.has_bias = gates_h is not None, bias is not None
 
 
-def _triton_grad(ctx, grad_h, grad_c_new, _grad_saved_gates, *, backward=_triton_backward):
+def _grad(ctx, grad_h, grad_c_new, _grad_saved_gates, *, backward=_triton_backward):
     saved_gates, c, peephole, c_new = ctx.saved_tensors
     if grad_h is None and grad_c_new is None:
         return (None,) * 9
@@ -230,6 +236,10 @@ def _triton_grad(ctx, grad_h, grad_c_new, _grad_saved_gates, *, backward=_triton
             None, None, None, None)
 
 
-_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonConvLSTMGates", _triton_forward_impl, _triton_backward_impl,
-                                          _triton_setup_context, _triton_grad)
+                                          _setup_context, _grad)
+_FUNCTORCH = _functorch.functions(
+    "ConvLSTMGates", _setup_context, _grad, (_triton_forward, _triton_backward),
+    None if backends._extension_error() else (torch.ops.predkern.convlstm_gates_forward,
+                                              torch.ops.predkern.convlstm_gates_backward))

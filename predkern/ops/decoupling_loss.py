@@ -3,6 +3,7 @@
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.decoupling_loss, C++
 autograd, see csrc/decoupling_loss.cpp) and triton (custom ops below, Python autograd;
 in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
+Under torch.func transforms every backend's kernels run through _functorch.py.
 Every backend reduces each (n, c) row in double, in a fixed order, and sums the rows in row
 order: the same bits on every run, no float atomics.
 """
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops import _triton_eager
+from predkern.ops import _functorch, _triton_eager
 from predkern.ops._tensors import as3, empty
 
 OP = "decoupling_loss"
@@ -32,6 +33,9 @@ def decoupling_loss(delta_c: Tensor, delta_m: Tensor) -> Tensor:
     if not isinstance(delta_c, Tensor):
         _checks.tensor(OP, "delta_c", delta_c)
     backend = backends.select(delta_c.device.type)
+    if backend != "reference" and _functorch.active(OP):
+        _check(delta_c, delta_m)
+        return _FUNCTORCH[backend].apply(delta_c, delta_m, True)[0]
     if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
         try:
             return _cpp_op(delta_c, delta_m)
@@ -125,7 +129,7 @@ def _(grad_loss, delta_c, delta_m, row_coefs):
     return _grads(delta_c)
 
 
-def _triton_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     if not inputs[-1]:
         raise RuntimeError(f"{OP}: the triton forward ran without saving for backward; "
                            "call predkern.ops.decoupling_loss, which decides this")
@@ -133,13 +137,17 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # row_coefs (internal) never gets a gradient: no zeros for it
 
 
-def _triton_grad(ctx, grad_loss, _grad_row_coefs, *, backward=_triton_backward):
+def _grad(ctx, grad_loss, _grad_row_coefs, *, backward=_triton_backward):
     if grad_loss is None:
         return None, None, None
     delta_c, delta_m, row_coefs = ctx.saved_tensors
     return (*backward(grad_loss.contiguous(), delta_c, delta_m, row_coefs), None)
 
 
-_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonDecouplingLoss", _triton_forward_impl, _triton_backward_impl,
-                                          _triton_setup_context, _triton_grad)
+                                          _setup_context, _grad)
+_FUNCTORCH = _functorch.functions(
+    "DecouplingLoss", _setup_context, _grad, (_triton_forward, _triton_backward),
+    None if backends._extension_error() else (torch.ops.predkern.decoupling_loss_forward,
+                                              torch.ops.predkern.decoupling_loss_backward))

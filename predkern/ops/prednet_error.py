@@ -4,7 +4,8 @@ Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.prednet
 autograd, see csrc/prednet_error.cpp) and triton (custom ops below, Python autograd;
 in eager mode the same implementations through an autograd.Function, see _triton_eager.py). The
 backward recomputes the activated prediction from the saved inputs a and a_hat: nothing else
-is saved (eager autograd keeps relu(a_hat) and both halves of e).
+is saved (eager autograd keeps relu(a_hat) and both halves of e). Under torch.func transforms
+every backend's kernels run through _functorch.py.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops import _triton_eager
+from predkern.ops import _functorch, _triton_eager
 from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "prednet_error"
@@ -36,7 +37,10 @@ def prednet_error(a: Tensor, a_hat: Tensor, *, relu_a_hat: bool = True, clip_max
         _checks.tensor(OP, "a", a)
     opts = _options(relu_a_hat, clip_max, first, return_mean)
     backend = backends.select(a.device.type)
-    if backend in ("cpu", "cuda"):  # the C++ op checks its tensors itself
+    if backend != "reference" and _functorch.active(OP):
+        _check(a, a_hat)
+        e, a_hat_out, e_mean = _FUNCTORCH[backend].apply(a, a_hat, *opts, True)
+    elif backend in ("cpu", "cuda"):  # the C++ op checks its tensors itself
         try:
             e, a_hat_out, e_mean = _cpp_op(a, a_hat, *opts)
         except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
@@ -139,7 +143,7 @@ def _(grad_e, grad_a_hat_out, grad_e_mean, a, a_hat, relu_a_hat, clip_max, first
     return _grads(a)
 
 
-def _triton_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
     ctx.set_materialize_grads(False)
     a, a_hat, relu_a_hat, clip_max, first, return_mean, save = inputs
@@ -150,7 +154,7 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.opts = (relu_a_hat, clip_max, first, return_mean)
 
 
-def _triton_grad(ctx, grad_e, grad_a_hat_out, grad_e_mean, *, backward=_triton_backward):
+def _grad(ctx, grad_e, grad_a_hat_out, grad_e_mean, *, backward=_triton_backward):
     a, a_hat = ctx.saved_tensors
     relu_a_hat, clip_max, first, return_mean = ctx.opts
     if not return_mean:
@@ -163,6 +167,13 @@ def _triton_grad(ctx, grad_e, grad_a_hat_out, grad_e_mean, *, backward=_triton_b
             None, None, None, None, None)
 
 
-_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonPredNetError", _triton_forward_impl, _triton_backward_impl,
-                                          _triton_setup_context, _triton_grad)
+                                          _setup_context, _grad)
+
+
+_FUNCTORCH = _functorch.functions(
+    "PredNetError", _setup_context, _grad, (_triton_forward, _triton_backward),
+    # the C++ op below autograd is its forward kernel (no separate forward op: the backward recomputes)
+    None if backends._extension_error() else (torch.ops.predkern.prednet_error,
+                                              torch.ops.predkern.prednet_error_backward))

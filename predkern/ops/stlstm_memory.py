@@ -3,6 +3,7 @@
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.stlstm_memory, C++
 autograd, see csrc/stlstm_memory.cpp) and triton (custom ops below, Python autograd;
 in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
+Under torch.func transforms every backend's kernels run through _functorch.py.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops import _triton_eager
+from predkern.ops import _functorch, _triton_eager
 from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "stlstm_memory"
@@ -36,7 +37,11 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
     if not isinstance(return_deltas, bool):
         raise TypeError(f"{OP}: `return_deltas` must be a bool, got {type(return_deltas).__name__}")
     backend = backends.select(x_cat.device.type)
-    if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
+    if backend != "reference" and _functorch.active(OP):
+        _check(x_cat, h_cat, m_cat, c, m, forget_bias)
+        mem, delta_c, delta_m, _ = _FUNCTORCH[backend].apply(x_cat, h_cat, m_cat, c, m, float(forget_bias),
+                                                            return_deltas, True)
+    elif backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
         try:
             mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), return_deltas)
         except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
@@ -163,7 +168,7 @@ def _(grad_mem, grad_delta_c, grad_delta_m, gates, c, m, gate_dtype):
     return _grads(gates, c, gate_dtype)
 
 
-def _triton_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
     ctx.set_materialize_grads(False)
     x_cat, h_cat, m_cat, c, m, forget_bias, return_deltas, save_gates = inputs
@@ -174,7 +179,7 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.gate_dtype, ctx.return_deltas = x_cat.dtype, return_deltas
 
 
-def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates, *, backward=_triton_backward):
+def _grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates, *, backward=_triton_backward):
     gates, c, m = ctx.saved_tensors
     if not ctx.return_deltas:
         grad_delta_c = grad_delta_m = None
@@ -184,6 +189,10 @@ def _triton_grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates, *, back
     return (*grads, None, None, None)
 
 
-_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonSTLSTMMemory", _triton_forward_impl, _triton_backward_impl,
-                                          _triton_setup_context, _triton_grad)
+                                          _setup_context, _grad)
+_FUNCTORCH = _functorch.functions(
+    "STLSTMMemory", _setup_context, _grad, (_triton_forward, _triton_backward),
+    None if backends._extension_error() else (torch.ops.predkern.stlstm_memory_forward,
+                                              torch.ops.predkern.stlstm_memory_backward))

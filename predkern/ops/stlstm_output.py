@@ -3,6 +3,7 @@
 Backends: reference (predkern.reference), cpu / cuda (torch.ops.predkern.stlstm_output, C++
 autograd, see csrc/stlstm_output.cpp) and triton (custom ops below, Python autograd;
 in eager mode the same implementations through an autograd.Function, see _triton_eager.py).
+Under torch.func transforms every backend's kernels run through _functorch.py.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from predkern import backends, reference
 from predkern.ops import _checks
-from predkern.ops import _triton_eager
+from predkern.ops import _functorch, _triton_eager
 from predkern.ops._tensors import as3, empty, with_channels
 
 OP = "stlstm_output"
@@ -27,6 +28,9 @@ def stlstm_output(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tenso
     if not isinstance(x_cat, Tensor):
         _checks.tensor(OP, "x_cat", x_cat)
     backend = backends.select(x_cat.device.type)
+    if backend != "reference" and _functorch.active(OP):
+        _check(x_cat, h_cat, o_conv, last_conv)
+        return _FUNCTORCH[backend].apply(x_cat, h_cat, o_conv, last_conv, True)[0]
     if backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
         try:
             return _cpp_op(x_cat, h_cat, o_conv, last_conv)
@@ -128,7 +132,7 @@ def _(grad_h, o_gate, tanh_last):
     return _grads(o_gate)
 
 
-def _triton_setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output):
     # outputs without a gradient stay None: their paths are skipped, not multiplied by zero
     ctx.set_materialize_grads(False)
     if not inputs[-1]:
@@ -137,13 +141,17 @@ def _triton_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[1], output[2])
 
 
-def _triton_grad(ctx, grad_h, _grad_o_gate, _grad_tanh_last, *, backward=_triton_backward):
+def _grad(ctx, grad_h, _grad_o_gate, _grad_tanh_last, *, backward=_triton_backward):
     o_gate, tanh_last = ctx.saved_tensors
     if grad_h is None:
         return (None,) * 5
     return (*backward(grad_h, o_gate, tanh_last), None)
 
 
-_triton_forward.register_autograd(_triton_grad, setup_context=_triton_setup_context)
+_triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonSTLSTMOutput", _triton_forward_impl, _triton_backward_impl,
-                                          _triton_setup_context, _triton_grad)
+                                          _setup_context, _grad)
+_FUNCTORCH = _functorch.functions(
+    "STLSTMOutput", _setup_context, _grad, (_triton_forward, _triton_backward),
+    None if backends._extension_error() else (torch.ops.predkern.stlstm_output_forward,
+                                              torch.ops.predkern.stlstm_output_backward))

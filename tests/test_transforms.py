@@ -1,0 +1,76 @@
+"""torch.func transforms over every op on every backend (predkern/ops/_functorch.py): grad, vjp,
+vmap and vmap of grad against the float64 reference. The ops are differentiable once: a gradient
+of a gradient (nested torch.func.grad, or a double backward such as a gradient penalty) raises,
+where before torch.func, and the cpu and cuda backends' double backward, took their gradients as
+constants, a silently wrong result."""
+import pytest
+import torch
+
+import predkern
+from predkern import backends, reference
+from conftest import backend_device
+from op_table import OPS, inputs
+
+OPTIONS = {"convlstm_gates": dict(forget_bias=1.0, gate_order="ifog"), "stlstm_memory": dict(return_deltas=True),
+           "stlstm_output": {}, "decoupling_loss": {}, "prednet_error": dict(clip_max=1.0, return_mean=True)}
+
+
+def _loss(op, fn):
+    """A scalar of all of op's outputs, nonlinear in each (so every output's gradient counts), as
+    a function of its tensor arguments in OPS order."""
+    names = [arg.name for arg in OPS[op]]
+
+    def loss(*tensors):
+        out = fn(**dict(zip(names, tensors)), **OPTIONS[op])
+        out = out if isinstance(out, tuple) else (out,)
+        return sum((k + 1) * o.square().sum() + o.sum() for k, o in enumerate(out))
+    return loss
+
+
+def _args(op, backend, seed=0):
+    return tuple(inputs(op, B=2, C=2, spatial=(3, 2), dtype=torch.float64, device=backend_device(backend),
+                        seed=seed).values())
+
+
+def _assert_close(got, want):
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_grad_and_vjp_match_the_reference(backend, op):
+    args = _args(op, backend)
+    argnums = tuple(range(len(args)))
+    want = torch.func.grad(_loss(op, getattr(reference, op)), argnums=argnums)(*args)
+    with backends.use(backend):
+        _assert_close(torch.func.grad(_loss(op, getattr(predkern, op)), argnums=argnums)(*args), want)
+        value, vjp = torch.func.vjp(_loss(op, getattr(predkern, op)), *args)
+        _assert_close(vjp(torch.ones_like(value)), want)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_vmap_and_vmap_of_grad_match_the_reference(backend, op):
+    """Three argument sets stacked along a new dim: per-set outputs, and per-set gradients (as
+    per-sample gradients are taken)."""
+    sets = [_args(op, backend, seed) for seed in range(3)]
+    stacked = tuple(torch.stack(ts) for ts in zip(*sets))
+    argnums = tuple(range(len(stacked)))
+    ref = _loss(op, getattr(reference, op))
+    with backends.use(backend):
+        fused = _loss(op, getattr(predkern, op))
+        _assert_close([torch.func.vmap(fused)(*stacked)], [torch.func.vmap(ref)(*stacked)])
+        _assert_close(torch.func.vmap(torch.func.grad(fused, argnums=argnums))(*stacked),
+                      torch.func.vmap(torch.func.grad(ref, argnums=argnums))(*stacked))
+
+
+def test_gradient_of_a_gradient_is_refused(backend):
+    if backend == "reference":
+        pytest.skip("plain PyTorch: differentiable to any order")
+    gates_x, c = _args("convlstm_gates", backend)[:2]
+    with backends.use(backend):
+        def loss(g):
+            return predkern.convlstm_gates(g, c)[0].square().sum()
+        torch.func.grad(loss)(gates_x)  # once: fine
+        with pytest.raises(NotImplementedError, match="differentiable once"):
+            torch.func.grad(lambda g: torch.func.grad(loss)(g).sum())(gates_x)
+
