@@ -1,4 +1,5 @@
 // Schemas of every predkern op. Kernels and autograd register per op in csrc/<op>.cpp.
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(predkern, m) {
@@ -58,6 +59,18 @@ TORCH_LIBRARY(predkern, m) {
       "prednet_error_backward(Tensor? grad_e, Tensor? grad_a_hat_out, Tensor? grad_e_mean, "
       "Tensor a, Tensor a_hat, bool relu_a_hat, float? clip_max, str first) -> (Tensor grad_a, "
       "Tensor grad_a_hat)");
+}
+
+// The forward and backward halves have no derivative of their own (the public ops' autograd is
+// theirs). Differentiating through one, as a double backward does (a gradient penalty: backward
+// with create_graph=True, then backward again through the gradient), raises here; without this
+// PyTorch's default fallback only warned and took the halves as constants: a wrong gradient.
+TORCH_LIBRARY_IMPL(predkern, Autograd, m) {
+  for (const char* half :
+       {"convlstm_gates_forward", "convlstm_gates_backward", "stlstm_memory_forward",
+        "stlstm_memory_backward", "stlstm_output_forward", "stlstm_output_backward",
+        "decoupling_loss_forward", "decoupling_loss_backward", "prednet_error_backward"})
+    m.impl(half, torch::autograd::autogradNotImplementedFallback());
 }
 
 #ifdef TORCH_EXTENSION_NAME

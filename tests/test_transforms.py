@@ -74,3 +74,16 @@ def test_gradient_of_a_gradient_is_refused(backend):
         with pytest.raises(NotImplementedError, match="differentiable once"):
             torch.func.grad(lambda g: torch.func.grad(loss)(g).sum())(gates_x)
 
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_double_backward_raises_instead_of_a_wrong_gradient_penalty(backend, op):
+    """backward with create_graph=True, then backward through the gradients (a gradient penalty)."""
+    if backend == "reference":
+        pytest.skip("plain PyTorch: differentiable to any order")
+    x = [t.requires_grad_() for t in _args(op, backend)]
+    with backends.use(backend):
+        loss = _loss(op, getattr(predkern, op))(*x)
+        grads = torch.autograd.grad(loss, x, create_graph=True, allow_unused=True)
+        penalty = sum(g.square().sum() for g in grads if g is not None)
+        with pytest.raises(RuntimeError, match="not implemented|differentiate twice"):
+            (loss + penalty).backward()
