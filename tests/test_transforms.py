@@ -87,3 +87,19 @@ def test_double_backward_raises_instead_of_a_wrong_gradient_penalty(backend, op)
         penalty = sum(g.square().sum() for g in grads if g is not None)
         with pytest.raises(RuntimeError, match="not implemented|differentiate twice"):
             (loss + penalty).backward()
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_backward_of_batched_output_gradients(backend, op):
+    """torch.autograd.grad(is_grads_batched=True), as gradcheck's batched check runs it: three sets
+    of output gradients at once give what three backward calls give."""
+    names = [arg.name for arg in OPS[op]]
+    x = [t.requires_grad_() for t in _args(op, backend)]
+    with backends.use(backend):
+        out = getattr(predkern, op)(**dict(zip(names, x)), **OPTIONS[op])
+    out = out if isinstance(out, tuple) else (out,)
+    gen = torch.Generator().manual_seed(2)
+    grads = [torch.randn(3, *o.shape, generator=gen, dtype=o.dtype).to(o.device) for o in out]
+    batched = torch.autograd.grad(out, x, grads, is_grads_batched=True, retain_graph=True)
+    for i in range(3):
+        _assert_close([b[i] for b in batched], torch.autograd.grad(out, x, [g[i] for g in grads], retain_graph=True))

@@ -18,10 +18,11 @@ from torch.autograd.function import once_differentiable
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
-def function(name: str, forward_impl, backward_impl, setup_context, grad) -> type:
+def function(name: str, forward_impl, backward_impl, setup_context, grad, backward_op) -> type:
     """An autograd.Function over a custom op pair's implementations: forward_impl(*args) (its last
     argument `save`), setup_context(ctx, args, outputs) and grad(ctx, *grads, backward=...) as
-    registered with the custom op, grad calling backward_impl in place of the backward custom op."""
+    registered with the custom op, grad calling backward_impl in place of the backward custom op
+    (backward_op), but for batched gradients."""
 
     def forward(ctx, *args):  # not the setup_context style, whose apply calls inspect.signature
         outputs = forward_impl(*args)
@@ -30,11 +31,19 @@ def function(name: str, forward_impl, backward_impl, setup_context, grad) -> typ
 
     @once_differentiable  # the kernels' gradients have no gradient of their own, as the custom op's
     def backward(ctx, *grads):
-        return grad(ctx, *grads, backward=backward_impl)
+        # batched gradients (torch.autograd.grad(is_grads_batched=True), as gradcheck's batched
+        # check runs it) reach the kernels only through the custom op's dispatch, slice by slice
+        batched = any(isinstance(g, Tensor) and _batched(g) for g in grads)
+        return grad(ctx, *grads, backward=backward_op if batched else backward_impl)
 
     # built by type() so that autograd names its nodes after the op (`<name>Backward`)
     return type(name, (torch.autograd.Function,), dict(
         forward=staticmethod(forward), backward=staticmethod(backward), impl=staticmethod(forward_impl)))
+
+
+def _batched(t: Tensor) -> bool:
+    """A tensor batched by vmap: autograd's is_grads_batched (the legacy vmap) or torch.func's."""
+    return torch._C._functorch.is_legacy_batchedtensor(t) or torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def call(op, direct: type, *args):
