@@ -49,6 +49,24 @@ def test_grad_and_vjp_match_the_reference(backend, op):
 
 
 @pytest.mark.parametrize("op", list(OPS))
+def test_jacrev_matches_the_reference(backend, op):
+    """jacrev: a vmap over the backward (the cotangents batched), where vmap of grad batches the
+    whole op. The Jacobian of the first output in the first argument."""
+    names = [arg.name for arg in OPS[op]]
+
+    def first_output(fn):
+        def f(*tensors):
+            out = fn(**dict(zip(names, tensors)), **OPTIONS[op])
+            return out[0] if isinstance(out, tuple) else out
+        return f
+
+    args = _args(op, backend)
+    want = torch.func.jacrev(first_output(getattr(reference, op)))(*args)
+    with backends.use(backend):
+        _assert_close([torch.func.jacrev(first_output(getattr(predkern, op)))(*args)], [want])
+
+
+@pytest.mark.parametrize("op", list(OPS))
 def test_vmap_and_vmap_of_grad_match_the_reference(backend, op):
     """Three argument sets stacked along a new dim: per-set outputs, and per-set gradients (as
     per-sample gradients are taken)."""
