@@ -27,9 +27,10 @@ def _loss(op, fn):
     return loss
 
 
-def _args(op, backend, seed=0):
-    return tuple(inputs(op, B=2, C=2, spatial=(3, 2), dtype=torch.float64, device=backend_device(backend),
-                        seed=seed).values())
+def _args(op, backend, seed=0, view="contiguous", C=2, spatial=(3, 2)):
+    views = {arg.name: view for arg in OPS[op]}
+    return tuple(inputs(op, B=2, C=C, spatial=spatial, dtype=torch.float64, device=backend_device(backend),
+                        seed=seed, views=views).values())
 
 
 def _assert_close(got, want):
@@ -37,9 +38,11 @@ def _assert_close(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("view", ["contiguous", "channels_last", "sliced"])
 @pytest.mark.parametrize("op", list(OPS))
-def test_grad_and_vjp_match_the_reference(backend, op):
-    args = _args(op, backend)
+def test_grad_and_vjp_match_the_reference(backend, op, view):
+    """Odd sizes (C=3, 3x5), every argument contiguous, channels_last or a strided slice."""
+    args = _args(op, backend, view=view, C=3, spatial=(3, 5))
     argnums = tuple(range(len(args)))
     want = torch.func.grad(_loss(op, getattr(reference, op)), argnums=argnums)(*args)
     with backends.use(backend):

@@ -238,8 +238,7 @@ def _grad(ctx, grad_h, grad_c_new, _grad_saved_gates, *, backward=_triton_backwa
 
 _triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonConvLSTMGates", _triton_forward_impl, _triton_backward_impl,
-                                          _setup_context, _grad,
-                                          _triton_backward)
+                                          _setup_context, _grad, _triton_backward)
 _FUNCTORCH = _functorch.functions(
     "ConvLSTMGates", _setup_context, _grad, (_triton_forward, _triton_backward),
     None if backends._extension_error() else (torch.ops.predkern.convlstm_gates_forward,

@@ -146,8 +146,7 @@ def _grad(ctx, grad_loss, _grad_row_coefs, *, backward=_triton_backward):
 
 _triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonDecouplingLoss", _triton_forward_impl, _triton_backward_impl,
-                                          _setup_context, _grad,
-                                          _triton_backward)
+                                          _setup_context, _grad, _triton_backward)
 _FUNCTORCH = _functorch.functions(
     "DecouplingLoss", _setup_context, _grad, (_triton_forward, _triton_backward),
     None if backends._extension_error() else (torch.ops.predkern.decoupling_loss_forward,

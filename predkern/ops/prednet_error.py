@@ -169,8 +169,7 @@ def _grad(ctx, grad_e, grad_a_hat_out, grad_e_mean, *, backward=_triton_backward
 
 _triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonPredNetError", _triton_forward_impl, _triton_backward_impl,
-                                          _setup_context, _grad,
-                                          _triton_backward)
+                                          _setup_context, _grad, _triton_backward)
 
 
 _FUNCTORCH = _functorch.functions(

@@ -191,8 +191,7 @@ def _grad(ctx, grad_mem, grad_delta_c, grad_delta_m, _grad_gates, *, backward=_t
 
 _triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonSTLSTMMemory", _triton_forward_impl, _triton_backward_impl,
-                                          _setup_context, _grad,
-                                          _triton_backward)
+                                          _setup_context, _grad, _triton_backward)
 _FUNCTORCH = _functorch.functions(
     "STLSTMMemory", _setup_context, _grad, (_triton_forward, _triton_backward),
     None if backends._extension_error() else (torch.ops.predkern.stlstm_memory_forward,

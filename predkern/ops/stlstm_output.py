@@ -150,8 +150,7 @@ def _grad(ctx, grad_h, _grad_o_gate, _grad_tanh_last, *, backward=_triton_backwa
 
 _triton_forward.register_autograd(_grad, setup_context=_setup_context)
 _triton_function = _triton_eager.function("_TritonSTLSTMOutput", _triton_forward_impl, _triton_backward_impl,
-                                          _setup_context, _grad,
-                                          _triton_backward)
+                                          _setup_context, _grad, _triton_backward)
 _FUNCTORCH = _functorch.functions(
     "STLSTMOutput", _setup_context, _grad, (_triton_forward, _triton_backward),
     None if backends._extension_error() else (torch.ops.predkern.stlstm_output_forward,
