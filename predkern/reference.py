@@ -15,6 +15,20 @@ GATE_ORDERS = tuple("".join(p) for p in itertools.permutations("ifgo"))
 GATE_ACTS = ("sigmoid", "hard_sigmoid")
 
 
+def memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The layout of outputs made like `t` (the C++ kernels' too): suggest_memory_format(t), also
+    under torch.jit.trace, whose sizes are traced tensors that
+    suggest_memory_format cannot compare (the trace is specialized on the layout anyway)."""
+    state = torch._C._get_tracing_state()
+    if state is None:
+        return suggest_memory_format(t)
+    torch._C._set_tracing_state(None)
+    try:
+        return suggest_memory_format(t)
+    finally:
+        torch._C._set_tracing_state(state)
+
+
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     """Keras' hard sigmoid, clamp(0.2 x + 0.5, 0, 1) (not torch's hardsigmoid, whose slope is 1/6)."""
     return torch.clamp(0.2 * x + 0.5, 0.0, 1.0)
@@ -98,7 +112,7 @@ def decoupling_loss(delta_c, delta_m):
 
 def prednet_error(a, a_hat, *, relu_a_hat=True, clip_max=None, first="pred", return_mean=False):
     """PredNet error units (SPEC.md section 4): (e, a_hat_out[, e_mean])."""
-    a_hat = a_hat.contiguous(memory_format=suggest_memory_format(a))  # outputs follow a's layout
+    a_hat = a_hat.contiguous(memory_format=memory_format(a))  # outputs follow a's layout
     p = torch.relu(a_hat) if relu_a_hat else a_hat.clone()  # a_hat_out never aliases a_hat
     if clip_max is not None:
         p = torch.clamp(p, max=clip_max)

@@ -2,7 +2,7 @@
 vmap and vmap of grad against the float64 reference. The ops are differentiable once: a gradient
 of a gradient (nested torch.func.grad, or a double backward such as a gradient penalty) raises,
 where before torch.func, and the cpu and cuda backends' double backward, took their gradients as
-constants, a silently wrong result."""
+constants, a silently wrong result. Also torch.jit.trace and torch.export of every op."""
 import pytest
 import torch
 
@@ -124,3 +124,37 @@ def test_backward_of_batched_output_gradients(backend, op):
     batched = torch.autograd.grad(out, x, grads, is_grads_batched=True, retain_graph=True)
     for i in range(3):
         _assert_close([b[i] for b in batched], torch.autograd.grad(out, x, [g[i] for g in grads], retain_graph=True))
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_jit_trace_records_the_op_and_replays_it_on_new_inputs(backend, op):
+    """torch.jit.trace records dispatcher ops only: the traced function, called on other values,
+    must give the reference's outputs and gradients (a kernel launched outside the dispatcher
+    would be missing from the trace, its outputs frozen as constants)."""
+    loss = _loss(op, getattr(predkern, op))
+    with backends.use(backend):
+        traced = torch.jit.trace(loss, _args(op, backend, seed=0), check_trace=False)
+    x = [t.requires_grad_() for t in _args(op, backend, seed=1)]
+    want_x = [t.detach().requires_grad_() for t in x]
+    want = _loss(op, getattr(reference, op))(*want_x)
+    with backends.use(backend):
+        got = traced(*x)
+    _assert_close([got], [want])
+    _assert_close(torch.autograd.grad(got, x, allow_unused=True, materialize_grads=True),
+                  torch.autograd.grad(want, want_x, allow_unused=True, materialize_grads=True))
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_torch_export_runs_the_op_on_new_inputs(backend, op):
+    names = [arg.name for arg in OPS[op]]
+
+    class Op(torch.nn.Module):
+        def forward(self, *tensors):
+            out = getattr(predkern, op)(**dict(zip(names, tensors)), **OPTIONS[op])
+            return out if isinstance(out, tuple) else (out,)
+
+    with backends.use(backend):
+        exported = torch.export.export(Op(), _args(op, backend, seed=0)).module()
+        got = exported(*_args(op, backend, seed=1))
+    with backends.use("reference"):
+        _assert_close(got, Op()(*_args(op, backend, seed=1)))

@@ -64,8 +64,9 @@ class FrameConfig:
 
 def _channels_last_convs(device) -> bool:
     """Whether the recurrence runs channels-last: on a CPU with oneDNN, whose convs are faster
-    there (Inductor picks the same for CPU convs; under torch.compile it is left to Inductor)."""
-    if torch.compiler.is_compiling():
+    there (Inductor picks the same for CPU convs; under torch.compile it is left to Inductor).
+    Not under torch.jit.trace, which cannot trace the functional_call that swaps the weights."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 

@@ -6,12 +6,13 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
+
+from predkern.reference import memory_format
 
 
 def empty(shape, like: Tensor, dtype: torch.dtype) -> Tensor:
     """An output that follows `like`'s memory format, as the C++ kernels allocate theirs."""
-    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=suggest_memory_format(like))
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=memory_format(like))
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

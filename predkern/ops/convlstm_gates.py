@@ -56,8 +56,7 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
         return reference.convlstm_gates(gates_x, c, gates_h, bias, peephole, forget_bias=forget_bias,
                                         gate_order=gate_order, gate_act=gate_act)
     if backend == "triton":
-        save = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (gates_x, c, gates_h, bias, peephole))
+        save = _triton_eager.saves(gates_x, c, gates_h, bias, peephole)
         h_new, c_new, _ = _triton_eager.call(
             torch.ops.predkern.convlstm_gates_triton, _triton_function,
             gates_x, c, gates_h, bias, peephole, float(forget_bias), gate_order, gate_act, save)

@@ -45,7 +45,7 @@ def decoupling_loss(delta_c: Tensor, delta_m: Tensor) -> Tensor:
     _check(delta_c, delta_m)
     if backend == "reference":
         return reference.decoupling_loss(delta_c, delta_m)
-    save = torch.is_grad_enabled() and (delta_c.requires_grad or delta_m.requires_grad)
+    save = _triton_eager.saves(delta_c, delta_m)
     return _triton_eager.call(torch.ops.predkern.decoupling_loss_triton, _triton_function,
                               delta_c, delta_m, save)[0]
 

@@ -51,7 +51,7 @@ def prednet_error(a: Tensor, a_hat: Tensor, *, relu_a_hat: bool = True, clip_max
         if backend == "reference":
             return reference.prednet_error(a, a_hat, relu_a_hat=opts[0], clip_max=opts[1],
                                            first=opts[2], return_mean=opts[3])
-        save = torch.is_grad_enabled() and (a.requires_grad or a_hat.requires_grad)
+        save = _triton_eager.saves(a, a_hat)
         e, a_hat_out, e_mean = _triton_eager.call(torch.ops.predkern.prednet_error_triton, _triton_function,
                                                   a, a_hat, *opts, save)
     return (e, a_hat_out, e_mean) if return_mean else (e, a_hat_out)

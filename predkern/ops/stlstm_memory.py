@@ -52,7 +52,7 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
         if backend == "reference":
             return reference.stlstm_memory(x_cat, h_cat, m_cat, c, m, forget_bias=forget_bias,
                                            return_deltas=return_deltas)
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_cat, h_cat, m_cat, c, m))
+        save = _triton_eager.saves(x_cat, h_cat, m_cat, c, m)
         mem, delta_c, delta_m, _ = _triton_eager.call(
             torch.ops.predkern.stlstm_memory_triton, _triton_function,
             x_cat, h_cat, m_cat, c, m, float(forget_bias), return_deltas, save)

@@ -40,7 +40,7 @@ def stlstm_output(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tenso
     _check(x_cat, h_cat, o_conv, last_conv)
     if backend == "reference":
         return reference.stlstm_output(x_cat, h_cat, o_conv, last_conv)
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (x_cat, h_cat, o_conv, last_conv))
+    save = _triton_eager.saves(x_cat, h_cat, o_conv, last_conv)
     return _triton_eager.call(torch.ops.predkern.stlstm_output_triton, _triton_function,
                               x_cat, h_cat, o_conv, last_conv, save)[0]
 
