@@ -16,6 +16,7 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import sys
 import warnings
 
 import torch
@@ -130,8 +131,23 @@ def requested() -> str | None:
 def select(device_type: str) -> str:
     """The backend that runs an op on tensors of `device_type`. Under torch.compile this function
     is traced: reading the requested backend here puts a guard on it, so a graph compiled under
-    one backend is recompiled, not reused, under another; the choice itself is made once per graph."""
+    one backend is recompiled, not reused, under another; the choice itself is made once per graph.
+    Under torch.onnx.export, the reference: ONNX has no predkern operators, and the reference's
+    standard ones export (whatever backend was asked for: the exported graph runs elsewhere)."""
+    if _onnx_exporting():
+        return "reference"
     return _choose(requested(), device_type)
+
+
+# torch.onnx.is_in_onnx_export() imports its exporters' flag modules at each call (1.2 us, four
+# times the rest of `select`): asked only once an exporter has been imported.
+def _onnx_exporting() -> bool:
+    return (("torch.onnx._internal.exporter._flags" in sys.modules
+             or "torch.onnx._internal.torchscript_exporter._globals" in sys.modules)
+            and torch.onnx.is_in_onnx_export())
+
+
+_onnx_exporting._dynamo_marked_constant = True  # not traced by torch.compile (see _choose below)
 
 
 def _choose(wanted: str | None, device_type: str) -> str:

@@ -1,7 +1,7 @@
 """predkern inside the tools users train with: DistributedDataParallel (gloo, two CPU processes),
 torch.save / torch.load of whole modules and of state_dicts, `.to(dtype)` and deepcopy of a
 patched model, CPU autocast (bfloat16) around a PredRNN-V2 training step, torch.compile, torch.jit.trace and
-torch.export."""
+torch.export, torch.onnx.export."""
 import copy
 import datetime
 import functools
@@ -493,3 +493,47 @@ def test_traced_and_exported_models_replay_on_new_inputs(backend, how):
         assert (g is None) == (w is None)
         if g is not None:
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-14)
+
+
+# -- 7. torch.onnx.export ------------------------------------------------------------------------
+
+def _onnx_run(module, args, other, path):
+    """Export `module` on `args` (torch.onnx.export's default exporter), run it in ONNX Runtime on
+    `other`: its outputs as tensors."""
+    import onnxruntime
+    torch.onnx.export(module, tuple(args), str(path))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(session.get_inputs(), other, strict=True)}
+    return [torch.from_numpy(a) for a in session.run(None, feeds)]
+
+
+@pytest.mark.parametrize("op", ["convlstm_gates", "stlstm_memory", "stlstm_output", "decoupling_loss", "prednet_error"])
+def test_onnx_export_of_each_op_runs_in_onnx_runtime(op, tmp_path):
+    """ONNX has no predkern operators: under export every backend gives way to the reference, whose
+    standard ops export. The exported op on new inputs gives the reference's outputs."""
+    from op_table import OPS, inputs
+    from test_transforms import OPTIONS
+    names = [arg.name for arg in OPS[op]]
+
+    class Op(nn.Module):
+        def forward(self, *tensors):
+            out = getattr(predkern, op)(**dict(zip(names, tensors)), **OPTIONS[op])
+            return out if isinstance(out, tuple) else (out,)
+
+    args, other = (tuple(inputs(op, C=3, spatial=(3, 5), seed=seed).values()) for seed in (0, 1))
+    got = _onnx_run(Op(), args, other, tmp_path / f"{op}.onnx")  # the automatic choice: cpu
+    with backends.use("reference"):
+        want = Op()(*other)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_onnx_export_of_the_models_runs_in_onnx_runtime(tmp_path):
+    torch.manual_seed(0)
+    model = EveryOp().eval()
+    batch, other = (_every_op_batch(3, seed) for seed in (0, 1))
+    with backends.use("cpu"):  # asked for explicitly, and still exported
+        (got,) = _onnx_run(model, batch, other, tmp_path / "models.onnx")
+        with torch.no_grad():
+            want = model(*other)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
