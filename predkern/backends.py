@@ -150,14 +150,19 @@ def _onnx_exporting() -> bool:
 _onnx_exporting._dynamo_marked_constant = True  # not traced by torch.compile (see _choose below)
 
 
+_AUTOMATIC = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}  # in order of preference
+
+
 def _choose(wanted: str | None, device_type: str) -> str:
     if wanted is not None:
         reason = unavailable_reason(wanted, device_type)
         if reason is not None:
             raise RuntimeError(f"predkern: backend {wanted!r} was requested but cannot run: {reason}")
         return wanted
-    candidates = ("cuda", "triton") if device_type == "cuda" else (device_type,)
-    reasons = []
+    if device_type == "meta":  # no data, nothing to fuse: the reference gives the shapes, silently
+        return "reference"
+    candidates = _AUTOMATIC.get(device_type, ())
+    reasons = [] if candidates else ["predkern has kernels for cpu and cuda tensors only"]
     for name in candidates:
         reason = unavailable_reason(name, device_type)
         if reason is None:

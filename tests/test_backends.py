@@ -75,6 +75,18 @@ def test_automatic_fallback_warns_once(monkeypatch):
     torch.testing.assert_close(h, predkern.reference.convlstm_gates(x, c)[0])
 
 
+def test_device_types_without_kernels(monkeypatch):
+    """meta tensors (a model run for its shapes, or a FLOP count) take the reference silently;
+    other device types (mps, xpu) fall back with a warning that names the device."""
+    monkeypatch.setattr(backends, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.select("meta") == "reference"
+    with pytest.warns(RuntimeWarning, match=r"no fused backend for mps tensors \(predkern has kernels for cpu "
+                      r"and cuda tensors only\); falling back"):
+        assert backends.select("mps") == "reference"
+
+
 @pytest.mark.parametrize("version, usable", [((3, 1), False), ((3, 5), False), ((3, 6), True), ((4, 0), True)])
 def test_triton_older_than_the_minimum_is_unavailable(monkeypatch, version, usable):
     if backends._triton_error("cpu") is not None:

@@ -1,7 +1,7 @@
 """predkern inside the tools users train with: DistributedDataParallel (gloo, two CPU processes),
 torch.save / torch.load of whole modules and of state_dicts, `.to(dtype)` and deepcopy of a
 patched model, CPU autocast (bfloat16) around a PredRNN-V2 training step, torch.compile, torch.jit.trace and
-torch.export, torch.onnx.export."""
+torch.export, torch.onnx.export, and the meta device."""
 import copy
 import datetime
 import functools
@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -537,3 +538,26 @@ def test_onnx_export_of_the_models_runs_in_onnx_runtime(tmp_path):
         with torch.no_grad():
             want = model(*other)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+# -- 8. the meta device --------------------------------------------------------------------------
+
+def test_models_on_the_meta_device_give_shapes_and_flop_counts():
+    """Built and run on the meta device (for shapes, or a FLOP count before allocating anything):
+    no error and no fallback warning, and the same count of conv FLOPs as a run on real tensors."""
+    from torch.utils.flop_counter import FlopCounterMode
+    batch = _every_op_batch(3, seed=0)
+    counts = {}
+    for device in ("meta", "cpu"):
+        with torch.device(device):
+            model = EveryOp()
+        with warnings.catch_warnings(), FlopCounterMode(display=False) as flops:
+            warnings.simplefilter("error")
+            loss = model(*(t.to(device) for t in batch))
+            loss.backward()
+        assert loss.shape == () and loss.device.type == device
+        # every parameter gets its gradient there, but OpenSTL's ConvLSTM cells' unused conv_o, conv_last
+        assert all(p.grad is not None and p.grad.device.type == device for n, p in model.named_parameters()
+                   if not re.search(r"^convlstm\.cell_list\.\d+\.conv_(o\.0|last)\.", n))
+        counts[device] = flops.get_total_flops()
+    assert counts["meta"] == counts["cpu"] > 0

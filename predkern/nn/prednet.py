@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from predkern import ops
+from predkern.nn.stlstm_cell import autocast_dtype
 from predkern.ops import _checks
 
 NAME = "PredNet"
@@ -200,8 +201,7 @@ def _first_step_gates(weight: Tensor, r_up: Optional[Tensor], like: Tensor) -> T
     conv's work saved per layer, most of the first step's gate convs (PredNet's R_0 = E_0 = 0)."""
     if r_up is not None:
         return F.conv2d(r_up, weight[:, -r_up.shape[1]:], padding="same")
-    device = like.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else like.dtype
+    dtype = autocast_dtype(like.device.type) or like.dtype
     return like.new_zeros((like.shape[0], weight.shape[0], *like.shape[2:]), dtype=dtype)
 
 

@@ -124,9 +124,19 @@ def _conv_o_and_last(cell, mem):
 def autocast_conv_dtype(t):
     """The dtype autocast gives `t` as a conv's input: its lower-precision dtype where autocast
     is on for t's device (it leaves float64 alone), else t's own."""
-    if t.dtype == torch.float64 or not torch.is_autocast_enabled(t.device.type):
-        return t.dtype
-    return torch.get_autocast_dtype(t.device.type)
+    dtype = autocast_dtype(t.device.type)
+    return t.dtype if dtype is None or t.dtype == torch.float64 else dtype
+
+
+def autocast_dtype(device_type: str):
+    """autocast's dtype where it is on for `device_type`, else None; None too for a device type
+    autocast does not know (meta, where a model runs for its shapes or FLOP count), on which
+    torch.is_autocast_enabled raises."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
 
 
 def _merged_weight(cell, mem):
