@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 import warnings
 
 import torch
@@ -108,19 +109,29 @@ def _validated(name: str | None, source: str) -> str | None:
 
 
 _env_backend = _validated(os.environ.get("PREDKERN_BACKEND") or None, "PREDKERN_BACKEND")
-_override: str | None = None
+_override: str | None = None  # the newest running use() block's backend, read by select()
+_blocks: list[tuple[object, str | None]] = []  # (token, backend) of each running use() block, oldest first
+_blocks_lock = threading.Lock()
 _warned: set[tuple[str, str]] = set()
 
 
 @contextlib.contextmanager
 def use(name: str):
-    """Run the predkern ops inside the block on backend `name` (process-wide, nestable)."""
+    """Run the predkern ops inside the block on backend `name` (process-wide, nestable). Blocks
+    that Python threads enter and leave in any order leave no choice behind once all have ended
+    (restoring the value each found on entry would: thread A enters, B enters, A leaves, B
+    leaves restores A's choice)."""
     global _override
-    previous, _override = _override, _validated(name, "the backend passed to use()")
+    token = object()
+    with _blocks_lock:
+        _blocks.append((token, _validated(name, "the backend passed to use()")))
+        _override = name
     try:
         yield
     finally:
-        _override = previous
+        with _blocks_lock:
+            _blocks[:] = [block for block in _blocks if block[0] is not token]
+            _override = _blocks[-1][1] if _blocks else None
 
 
 def requested() -> str | None:

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import threading
 import warnings
 
 import pytest
@@ -47,6 +48,36 @@ def test_use_overrides_and_nests():
         with backends.use("cpu" if backends._extension_error() is None else "reference"):
             assert backends.requested() in ("cpu", "reference")
         assert backends.requested() == "reference"
+    assert backends.requested() == backends._env_backend
+
+
+def test_use_from_threads_leaves_no_choice_behind():
+    """Thread A enters a block, B enters one, A leaves, then B: B's block keeps its backend to its
+    end, and none is left requested after both. (Before, each block restored the value it found
+    on entry, so B's exit restored A's "cpu" for the rest of the process: a later test on meta
+    tensors failed with "backend 'cpu' was requested".)"""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with backends.use("cpu"):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with backends.use("reference"):
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a left"] = backends.requested()
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"b after a left": "reference"}
     assert backends.requested() == backends._env_backend
 
 
