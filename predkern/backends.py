@@ -122,15 +122,15 @@ def use(name: str):
     (restoring the value each found on entry would: thread A enters, B enters, A leaves, B
     leaves restores A's choice)."""
     global _override
-    token = object()
+    block = (object(), _validated(name, "the backend passed to use()"))  # unequal to any other block
     with _blocks_lock:
-        _blocks.append((token, _validated(name, "the backend passed to use()")))
+        _blocks.append(block)
         _override = name
     try:
         yield
     finally:
         with _blocks_lock:
-            _blocks[:] = [block for block in _blocks if block[0] is not token]
+            _blocks.remove(block)
             _override = _blocks[-1][1] if _blocks else None
 
 

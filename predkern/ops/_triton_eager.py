@@ -48,10 +48,7 @@ def _batched(t: Tensor) -> bool:
 
 def saves(*tensors) -> bool:
     """Whether the forward must save for backward (the custom ops' last argument): under grad mode
-    when an input requires grad, and always under torch.jit.trace, whose trace replays the value
-    recorded here whatever its later inputs require."""
-    if torch.jit.is_tracing():
-        return True
+    when an input requires grad."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -61,8 +58,11 @@ def call(op, direct: type, *args):
     plain one. The others (FakeTensorMode, fake, functional or other subclass tensors among them)
     keep the custom op, whose dispatch and fake implementation handle them, and so does
     torch.jit.trace: it records dispatcher ops only, so a kernel launched here would be missing from
-    the trace. (The ops take torch.func transforms elsewhere: _functorch.py.)"""
-    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch.jit.is_tracing()
+    the trace. Traced, the op always saves for backward: the trace replays the `save` it records
+    whatever its later inputs require. (The ops take torch.func transforms elsewhere: _functorch.py.)"""
+    if torch.jit.is_tracing():
+        return op(*args[:-1], True)
+    if (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
             or any(type(a) not in _PLAIN for a in args if isinstance(a, Tensor))):
         return op(*args)
     return direct.apply(*args) if args[-1] else direct.impl(*args)
