@@ -1,7 +1,8 @@
 """predkern inside the tools users train with: DistributedDataParallel (gloo, two CPU processes),
 torch.save / torch.load of whole modules and of state_dicts, `.to(dtype)` and deepcopy of a
 patched model, CPU autocast (bfloat16) around a PredRNN-V2 training step, torch.compile, torch.jit.trace and
-torch.export, torch.onnx.export, and the meta device."""
+torch.export, torch.onnx.export, the meta device, and activation checkpointing and saved-tensor
+offload."""
 import copy
 import datetime
 import functools
@@ -561,3 +562,39 @@ def test_models_on_the_meta_device_give_shapes_and_flop_counts():
                    if not re.search(r"^convlstm\.cell_list\.\d+\.conv_(o\.0|last)\.", n))
         counts[device] = flops.get_total_flops()
     assert counts["meta"] == counts["cpu"] > 0
+
+
+# -- 9. activation checkpointing and saved-tensor offload ----------------------------------------
+
+@pytest.mark.parametrize("how", ["checkpoint", "checkpoint_reentrant", "save_on_cpu"])
+def test_checkpointed_and_offloaded_models_match_eager(backend, how):
+    """torch.utils.checkpoint (both modes: the non-reentrant one re-runs the forward under
+    saved-tensor hooks and checks that it saves the same tensors again) and save_on_cpu (the
+    hooks move every saved tensor out and back): the loss and every parameter's gradient
+    equal a plain run's, and so do the inputs'."""
+    from torch.utils.checkpoint import checkpoint
+    device = backend_device(backend)
+    if backend == "triton" and device == "cpu" and not RUN_SLOW:
+        pytest.skip("a minute under the Triton interpreter (three forwards and backwards of every model): "
+                    "run with PREDKERN_RUN_SLOW=1")
+    torch.manual_seed(0)
+    model = EveryOp().to(device, torch.float64)
+    # inputs with gradients: the reentrant checkpoint gives none where no input requires one
+    batch = [t.to(device, torch.float64).requires_grad_() for t in _every_op_batch(3, seed=0)]
+    params = list(model.parameters()) + batch
+    with backends.use(backend):
+        want = model(*batch)
+        want_grads = torch.autograd.grad(want, params, allow_unused=True)
+        if how == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu(pin_memory=device == "cuda"):
+                got = model(*batch)
+        else:
+            got = checkpoint(model, *batch, use_reentrant=how == "checkpoint_reentrant")
+        for p in params:
+            p.grad = None
+        got.backward()  # the reentrant checkpoint refuses torch.autograd.grad
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    for p, w in zip(params, want_grads, strict=True):  # OpenSTL's ConvLSTM cells never use conv_o, conv_last
+        assert (p.grad is None) == (w is None)
+        if w is not None:
+            torch.testing.assert_close(p.grad, w, rtol=1e-10, atol=1e-14)
