@@ -24,6 +24,11 @@ std::string shape_str(at::IntArrayRef sizes) {
   return out + "]";
 }
 
+void check_no_tangents(const char* op, bool any_tangent) {
+  TORCH_CHECK(!any_tangent, "torch.ops.predkern.", op, " has no forward-mode AD formula (a dual tensor ",
+              "was passed): call predkern.", op, ", which runs the pure-PyTorch reference under forward-mode AD");
+}
+
 void check_tensor(const char* op, const Tensor& t, const char* name, const Tensor& like) {
   TORCH_CHECK_TYPE(t.is_floating_point(), op, ": `", name,
                    "` must be a floating-point tensor, got dtype ", t.scalar_type());

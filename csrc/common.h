@@ -50,6 +50,14 @@ inline OptTensor defined_or_null(const Tensor& t) { return t.defined() ? OptTens
 
 inline bool requires_grad(const OptTensor& t) { return t && t->requires_grad(); }
 
+// Forward-mode AD (dual tensors): the fused kernels have no formula for it and would drop the
+// tangent, a silent zero. predkern.<op> gives dual tensors to the reference; a direct call of
+// torch.ops.predkern.<op> with one raises (check_no_tangents, before grad mode is consulted:
+// forward-mode AD runs under no_grad too).
+inline bool has_tangent(const Tensor& t) { return t.defined() && t._fw_grad(/*level=*/0).defined(); }
+inline bool has_tangent(const OptTensor& t) { return t && has_tangent(*t); }
+void check_no_tangents(const char* op, bool any_tangent);
+
 #ifdef PREDKERN_WITH_CUDA
 void* current_stream(const Tensor& t);  // the current cudaStream_t of t's device
 #endif

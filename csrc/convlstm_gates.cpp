@@ -287,6 +287,8 @@ std::tuple<Tensor, Tensor> autograd_kernel(const Tensor& gx, const Tensor& c, co
                                            const OptTensor& bias, const OptTensor& peep,
                                            double forget_bias, c10::string_view gate_order,
                                            c10::string_view gate_act) {
+  check_no_tangents("convlstm_gates", has_tangent(gx) || has_tangent(c) || has_tangent(gh) ||
+                                          has_tangent(bias) || has_tangent(peep));
   const bool needs_grad = at::GradMode::is_enabled() &&
                           (gx.requires_grad() || c.requires_grad() || requires_grad(gh) ||
                            requires_grad(bias) || requires_grad(peep));

@@ -129,6 +129,7 @@ class DecouplingLossFunction : public torch::autograd::Function<DecouplingLossFu
 };
 
 Tensor autograd_kernel(const Tensor& dc, const Tensor& dm) {
+  check_no_tangents("decoupling_loss", has_tangent(dc) || has_tangent(dm));
   const bool needs_grad =
       at::GradMode::is_enabled() && (dc.requires_grad() || dm.requires_grad());
   if (!needs_grad) {

@@ -175,6 +175,7 @@ class PredNetErrorFunction : public torch::autograd::Function<PredNetErrorFuncti
 std::tuple<Tensor, Tensor, Tensor> autograd_kernel(const Tensor& a, const Tensor& a_hat,
                                                    bool relu_a_hat, std::optional<double> clip_max,
                                                    c10::string_view first, bool return_mean) {
+  check_no_tangents("prednet_error", has_tangent(a) || has_tangent(a_hat));
   const bool needs_grad = at::GradMode::is_enabled() && (a.requires_grad() || a_hat.requires_grad());
   if (!needs_grad) {
     static const auto op = c10::Dispatcher::singleton()

@@ -207,6 +207,8 @@ std::tuple<Tensor, Tensor, Tensor> autograd_kernel(const Tensor& x, const Tensor
                                                    const Tensor& mc, const Tensor& c,
                                                    const Tensor& m, double forget_bias,
                                                    bool return_deltas) {
+  check_no_tangents("stlstm_memory", has_tangent(x) || has_tangent(h) || has_tangent(mc) ||
+                                         has_tangent(c) || has_tangent(m));
   const bool needs_grad = at::GradMode::is_enabled() &&
                           (x.requires_grad() || h.requires_grad() || mc.requires_grad() ||
                            c.requires_grad() || m.requires_grad());

@@ -138,6 +138,7 @@ class STLSTMOutputFunction : public torch::autograd::Function<STLSTMOutputFuncti
 };
 
 Tensor autograd_kernel(const Tensor& x, const Tensor& h, const Tensor& oc, const Tensor& lc) {
+  check_no_tangents("stlstm_output", has_tangent(x) || has_tangent(h) || has_tangent(oc) || has_tangent(lc));
   const bool needs_grad = at::GradMode::is_enabled() && (x.requires_grad() || h.requires_grad() ||
                                                          oc.requires_grad() || lc.requires_grad());
   if (!needs_grad) {

@@ -144,10 +144,37 @@ def select(device_type: str) -> str:
     is traced: reading the requested backend here puts a guard on it, so a graph compiled under
     one backend is recompiled, not reused, under another; the choice itself is made once per graph.
     Under torch.onnx.export, the reference: ONNX has no predkern operators, and the reference's
-    standard ones export (whatever backend was asked for: the exported graph runs elsewhere)."""
-    if _onnx_exporting():
+    standard ones export (whatever backend was asked for: the exported graph runs elsewhere).
+    Under forward-mode AD and under torch.func transforms that differentiate twice, the reference
+    too, whatever backend was asked for (see _differentiated_beyond_reverse_once)."""
+    if _onnx_exporting() or _differentiated_beyond_reverse_once():
         return "reference"
     return _choose(requested(), device_type)
+
+
+def _differentiated_beyond_reverse_once() -> bool:
+    """Whether the op's result will be differentiated other than once in reverse mode: forward-mode
+    AD (dual tensors of torch.autograd.forward_ad; torch.func.jvp, jacfwd, hessian) or torch.func
+    transforms nested to take a gradient of a gradient. The fused kernels have one backward and no
+    forward-mode formula: dual tensors lost their tangent through them (a silent zero), and
+    torch.func raised. The reference's standard ops are differentiable in every mode and order.
+    (A double backward of the fused ops, create_graph=True, cannot be seen coming here: it raises
+    when it reaches their backward.)"""
+    if _forward_ad._current_level >= 0:  # inside a dual_level
+        return True
+    if _peek_functorch_stack() is None:  # no torch.func transform (the common case)
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    kinds = [i.key() for i in retrieve_all_functorch_interpreters()]
+    return TransformType.Jvp in kinds or kinds.count(TransformType.Grad) > 1
+
+
+# Evaluated once per compiled graph (see _choose below). Bound once: a lookup through torch.* per
+# call doubled the cost of `select`.
+_differentiated_beyond_reverse_once._dynamo_marked_constant = True
+_forward_ad = torch.autograd.forward_ad
+_peek_functorch_stack = torch._C._functorch.peek_interpreter_stack
 
 
 # torch.onnx.is_in_onnx_export() imports its exporters' flag modules at each call (1.2 us, four

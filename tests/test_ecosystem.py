@@ -1,8 +1,8 @@
 """predkern inside the tools users train with: DistributedDataParallel (gloo, two CPU processes),
 torch.save / torch.load of whole modules and of state_dicts, `.to(dtype)` and deepcopy of a
 patched model, CPU autocast (bfloat16) around a PredRNN-V2 training step, torch.compile, torch.jit.trace and
-torch.export, torch.onnx.export, the meta device, and activation checkpointing and saved-tensor
-offload."""
+torch.export, torch.onnx.export, the meta device, activation checkpointing and saved-tensor
+offload, and forward-mode AD."""
 import copy
 import datetime
 import functools
@@ -598,3 +598,23 @@ def test_checkpointed_and_offloaded_models_match_eager(backend, how):
         assert (p.grad is None) == (w is None)
         if w is not None:
             torch.testing.assert_close(p.grad, w, rtol=1e-10, atol=1e-14)
+
+
+# -- 10. forward-mode AD -------------------------------------------------------------------------
+
+def test_jvp_of_the_models_matches_the_reference_backend(backend):
+    """torch.func.jvp of the loss in the input frames: every op runs the reference under
+    forward-mode AD (the fused kernels have no forward-mode formula), whatever backend was asked
+    for, so the models' own code (their CPU channels-last path among it) runs under it too."""
+    if backend == "reference":
+        pytest.skip("the reference is the oracle here")
+    device = backend_device(backend)
+    torch.manual_seed(0)
+    model = EveryOp().to(device, torch.float64)
+    batch = [t.to(device, torch.float64) for t in _every_op_batch(3, seed=0)]
+    tangents = [torch.randn_like(t) for t in batch]
+    with backends.use("reference"):
+        want = torch.func.jvp(model, tuple(batch), tuple(tangents))
+    with backends.use(backend):
+        got = torch.func.jvp(model, tuple(batch), tuple(tangents))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

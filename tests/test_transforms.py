@@ -1,8 +1,10 @@
 """torch.func transforms over every op on every backend (predkern/ops/_functorch.py): grad, vjp,
-vmap and vmap of grad against the float64 reference. The ops are differentiable once: a gradient
-of a gradient (nested torch.func.grad, or a double backward such as a gradient penalty) raises,
-where before torch.func, and the cpu and cuda backends' double backward, took their gradients as
-constants, a silently wrong result. Also torch.jit.trace and torch.export of every op."""
+vmap and vmap of grad against the float64 reference. The fused ops are differentiable once, in
+reverse mode: under forward-mode AD (dual tensors, torch.func.jvp) and nested torch.func
+gradients every backend runs the reference; a double backward (create_graph=True, such as a
+gradient penalty), which cannot be seen coming when the op runs, raises, where before the cpu and
+cuda backends took their gradients as constants, a silently wrong result. Also torch.jit.trace
+and torch.export of every op."""
 import pytest
 import torch
 
@@ -84,16 +86,60 @@ def test_vmap_and_vmap_of_grad_match_the_reference(backend, op):
                       torch.func.vmap(torch.func.grad(ref, argnums=argnums))(*stacked))
 
 
-def test_gradient_of_a_gradient_is_refused(backend):
-    if backend == "reference":
-        pytest.skip("plain PyTorch: differentiable to any order")
-    gates_x, c = _args("convlstm_gates", backend)[:2]
+@pytest.mark.parametrize("op", list(OPS))
+def test_gradient_of_a_gradient_runs_the_reference(backend, op):
+    """Nested torch.func.grad (a gradient of a gradient): the fused ops are differentiable once,
+    so under it every backend runs the reference (before, the fused backends raised)."""
+    args = _args(op, backend)
+
+    def grad_norm(fn):
+        first = torch.func.grad(_loss(op, fn), argnums=tuple(range(len(args))))
+        return lambda *a: sum(g.square().sum() for g in first(*a))
+
+    argnums = tuple(range(len(args)))
+    want = torch.func.grad(grad_norm(getattr(reference, op)), argnums=argnums)(*args)
     with backends.use(backend):
-        def loss(g):
-            return predkern.convlstm_gates(g, c)[0].square().sum()
-        torch.func.grad(loss)(gates_x)  # once: fine
-        with pytest.raises(NotImplementedError, match="differentiable once"):
-            torch.func.grad(lambda g: torch.func.grad(loss)(g).sum())(gates_x)
+        _assert_close(torch.func.grad(grad_norm(getattr(predkern, op)), argnums=argnums)(*args), want)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+@pytest.mark.parametrize("op", list(OPS))
+def test_forward_mode_ad_matches_the_reference(backend, op, grad_mode):
+    """Dual tensors (torch.autograd.forward_ad), with grad mode on and off, and torch.func.jvp: the
+    tangent of every output equals the reference's. The fused kernels have no forward-mode
+    formula, so every backend runs the reference here; before, the cpu, cuda and triton backends
+    returned outputs without a tangent (a silent zero) and torch.func.jvp raised."""
+    import torch.autograd.forward_ad as fwAD
+    names = [arg.name for arg in OPS[op]]
+    args = _args(op, backend)
+    tangents = _args(op, backend, seed=1)
+
+    def outputs(fn, *tensors):
+        out = fn(**dict(zip(names, tensors)), **OPTIONS[op])
+        return out if isinstance(out, tuple) else (out,)
+
+    want = torch.func.jvp(lambda *a: outputs(getattr(reference, op), *a), args, tangents)[1]
+    with backends.use(backend), torch.set_grad_enabled(grad_mode), fwAD.dual_level():
+        duals = [fwAD.make_dual(a, t) for a, t in zip(args, tangents)]
+        got = [fwAD.unpack_dual(o).tangent for o in outputs(getattr(predkern, op), *duals)]
+    assert all(g is not None for g in got)
+    _assert_close(got, want)
+    with backends.use(backend):
+        _assert_close(torch.func.jvp(lambda *a: outputs(getattr(predkern, op), *a), args, tangents)[1], want)
+
+
+def test_compiled_op_refuses_dual_tensors_instead_of_dropping_their_tangent():
+    """torch.ops.predkern.<op> (the C++ op, which predkern.<op> calls on the cpu and cuda backends)
+    given a dual tensor raises, with grad mode on or off."""
+    import torch.autograd.forward_ad as fwAD
+    if backends.unavailable_reason("cpu", "cpu"):
+        pytest.skip(backends.unavailable_reason("cpu", "cpu"))
+    gates_x, c = _args("convlstm_gates", "cpu")[:2]
+    for grad_mode in (True, False):
+        with torch.set_grad_enabled(grad_mode), fwAD.dual_level():
+            dual = fwAD.make_dual(c, torch.ones_like(c))
+            with pytest.raises(RuntimeError, match="no forward-mode AD formula"):
+                torch.ops.predkern.convlstm_gates(gates_x, dual, None, None, None, 1.0, "ifgo", "sigmoid")
 
 
 @pytest.mark.parametrize("op", list(OPS))

@@ -11,23 +11,14 @@ it runs once per slice of the vmapped dim (the halves have no batching rules).
 from __future__ import annotations
 
 import torch
-from torch._C._functorch import TransformType
-from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.autograd.function import once_differentiable
 
 
-def active(op: str) -> bool:
-    """Whether a torch.func transform is running (its wrapped tensors reach the op). Raises where
-    two that differentiate are nested (torch.func.grad of torch.func.grad, hessian): the ops'
-    gradients have no gradient of their own, and the outer transform would take them as constants,
-    a silent zero. Not while torch.compile traces: the ops are graph nodes there."""
-    if torch._C._functorch.peek_interpreter_stack() is None or torch.compiler.is_compiling():
-        return False
-    differentiating = (TransformType.Grad, TransformType.Jvp)
-    if sum(i.key() in differentiating for i in retrieve_all_functorch_interpreters()) > 1:
-        raise NotImplementedError(f"predkern.{op} is differentiable once: nested torch.func transforms that "
-                                  "differentiate (a gradient of a gradient, hessian) are not supported")
-    return True
+def active() -> bool:
+    """Whether a torch.func transform is running (its wrapped tensors reach the op). Those that
+    differentiate twice, or in forward mode, never get here: backends.select gives them the
+    reference. Not while torch.compile traces: the ops are graph nodes there."""
+    return torch._C._functorch.peek_interpreter_stack() is not None and not torch.compiler.is_compiling()
 
 
 def function(name: str, forward, backward, setup_context, grad, drop_save: bool = False) -> type:

@@ -38,7 +38,7 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     if not isinstance(gates_x, Tensor):
         _checks.tensor(OP, "gates_x", gates_x)
     backend = backends.select(gates_x.device.type)
-    if backend != "reference" and _functorch.active(OP):
+    if backend != "reference" and _functorch.active():
         _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
         h_new, c_new, _ = _FUNCTORCH[backend].apply(gates_x, c, gates_h, bias, peephole, float(forget_bias),
                                                    gate_order, gate_act, True)

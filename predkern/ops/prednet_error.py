@@ -37,7 +37,7 @@ def prednet_error(a: Tensor, a_hat: Tensor, *, relu_a_hat: bool = True, clip_max
         _checks.tensor(OP, "a", a)
     opts = _options(relu_a_hat, clip_max, first, return_mean)
     backend = backends.select(a.device.type)
-    if backend != "reference" and _functorch.active(OP):
+    if backend != "reference" and _functorch.active():
         _check(a, a_hat)
         e, a_hat_out, e_mean = _FUNCTORCH[backend].apply(a, a_hat, *opts, True)
     elif backend in ("cpu", "cuda"):  # the C++ op checks its tensors itself
