@@ -6,7 +6,8 @@ predkern._C), ``triton`` (Triton kernels, Triton 3.6 or later; on CPU tensors on
 Automatic choice: CUDA tensors -> cuda, else triton; CPU tensors -> cpu. When the automatic
 choice is missing, predkern warns once and falls back to ``reference``. A requested backend (the
 ``PREDKERN_BACKEND`` environment variable, read at import, or ``with predkern.backends.use(name)``)
-that cannot run raises instead.
+that cannot run raises instead. Whatever was chosen or requested, ``reference`` runs under
+torch.onnx.export, forward-mode AD and nested torch.func gradients (see ``select``).
 """
 from __future__ import annotations
 

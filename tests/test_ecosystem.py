@@ -344,7 +344,7 @@ def _autocast_step(model, frames, mask, autocast, record=None, dtype=torch.bfloa
     return next_frames, loss.detach().double(), torch.cat([g.double().flatten() for g in grads])
 
 
-AUTOCAST = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16")] + [
+AUTOCAST = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16"), pytest.param("cpu", torch.float16, id="cpu-fp16")] + [
     pytest.param(backend, dtype, id=f"{backend}-{str(dtype)[6:]}", marks=pytest.mark.gpu)
     for backend in ("cuda", "triton") for dtype in (torch.bfloat16, torch.float16)]
 
