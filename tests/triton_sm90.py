@@ -10,9 +10,9 @@ and spills cuobjdump reports.
 
     python tests/triton_sm90.py OUT.json [--full] [--large]
 
---large makes every launch take its 64-bit offset path (LARGE), as past 2**31 elements; --full
-adds shapes that specialize differently and every gradient subset in every dtype (on two cores
-the two passes at once take 6 minutes instead of 2; the default makes 906 compiles).
+--large makes every launch take its 64-bit offset path (LARGE), as past 2**31 elements (in
+float32 only unless --full); --full adds shapes that specialize differently and every gradient
+subset in every dtype (the default passes make 303 and 135 compiles, a few minutes on one core).
 """
 import itertools
 import json
@@ -132,21 +132,24 @@ def _option_cases():
         yield "prednet_error", dict(relu_a_hat=relu, clip_max=clip, first=first, return_mean=mean), ()
 
 
-def sweep(full):
-    """Every option combination in float32, with and without gradients; then the first and the
-    last option combination of each op in every dtype and layout. ``full`` adds shapes that
-    specialize differently and every gradient subset in the second part."""
+def sweep(full, every_dtype=True):
+    """Every option combination in float32 at an odd shape, with and without gradients; then,
+    with ``every_dtype``, the first and the last option combination of each op in every dtype and
+    layout at the Moving MNIST tile shape (whose sizes and strides Triton specializes as
+    multiples of 16). ``full`` adds the other shapes and every gradient subset to the second part."""
     cases = list(_option_cases())
     for op, opts, optional in cases:
         _call(op, opts, optional)
         _call(op, opts, optional, grads=None)
+    if not every_dtype:
+        return
     by_op = {}
     for op, opts, optional in cases:
         by_op.setdefault(op, []).append((opts, optional))
     for op, op_cases in by_op.items():
         ends = op_cases[:1] + op_cases[1:][-1:]
         for (opts, optional), (dtype, state_dtype), view, shape in itertools.product(
-                ends, DTYPES, ("contiguous", "channels_last"), SHAPES if full else SHAPES[:2]):
+                ends, DTYPES, ("contiguous", "channels_last"), SHAPES if full else SHAPES[1:2]):
             if op == "decoupling_loss" and state_dtype is not None:
                 continue  # one dtype for both deltas
             _call(op, opts, optional, dtype, state_dtype, view, shape, "each subset" if full else "all")
@@ -159,7 +162,9 @@ def main(out_path, full, large):
         for module in (_common, decoupling_loss, prednet_error):
             module._INT32_MAX = 0
     with backends.use("triton"):
-        sweep(full)
+        # the 64-bit offsets' pass, but for the full sweep, in float32 only: its index arithmetic
+        # is not the dtypes' own (CI's time: 453 compiles took 92-171 s on one core, now 303 and 135)
+        sweep(full, every_dtype=full or not large)
     pathlib.Path(out_path).write_text(json.dumps(list(records.values()), indent=1))
     failed = sum(r["error"] is not None for r in records.values())
     print(f"{len(records)} compiles for sm_90, {failed} failed, "
