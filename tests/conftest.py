@@ -50,6 +50,8 @@ def backend_params():
         marks = [pytest.mark.gpu] if device == "cuda" else []
         if name == "triton" and device == "cpu":
             marks.append(pytest.mark.interpreter)
+        if name == "reference":
+            marks.append(pytest.mark.reference)
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 

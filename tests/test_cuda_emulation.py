@@ -7,8 +7,8 @@ links them in place of the CPU kernels, so every test of the cpu backend, run in
 against that build, checks the CUDA kernels' indexing, layouts, dtypes, reductions and gradients
 against the float64 reference. Every run starts each tensor torch.empty makes as NaN
 (cuda_emulation/poison_empty.py), so an output element no kernel writes cannot pass. The runs:
-  index32   the whole CPU test suite (but Triton's, and ONNX export's and the meta device's, which
-            run the reference), threads in order;
+  index32   the whole CPU test suite (but Triton's, and the reference backend's, ONNX export's and
+            the meta device's, which run the reference), threads in order;
   index64   the op tests on the 64-bit index path, threads between barriers in reverse order;
   asan      the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
             between barriers and at most two blocks per launch (the grid-stride loops turn);
@@ -54,8 +54,10 @@ CAPABILITIES = ("avx512", "avx2", "default")  # ATEN_CPU_CAPABILITY's names of t
 
 RUNS = {  # run: (build variant, its settings, pytest selection), the longest first (see suite_runs)
     "index32": ("index32", {"PK_EMU_ORDER": "forward"},
-                # onnx export and the meta device run the reference: nothing emulated to test there
-                ["-m", "not interpreter and not gpu", "-k", "not triton and not onnx and not meta_device",
+                # the reference backend's cases, onnx export and the meta device run the reference:
+                # nothing emulated to test there
+                ["-m", "not interpreter and not gpu and not reference",
+                 "-k", "not triton and not onnx and not meta_device",
                  "--ignore", os.path.join(TESTS, "test_triton_compile.py"),
                  "--ignore", os.path.join(TESTS, "test_examples.py"),
                  "--ignore", os.path.abspath(__file__), TESTS]),

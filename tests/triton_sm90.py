@@ -10,10 +10,12 @@ and spills cuobjdump reports.
 
     python tests/triton_sm90.py OUT.json [--full] [--large]
 
---large makes every launch take its 64-bit offset path (LARGE), as past 2**31 elements (in
-float32 only unless --full); --full adds shapes that specialize differently and every gradient
-subset in every dtype (the default passes make 303 and 135 compiles, a few minutes on one core).
+--large makes every launch of the option sweep take its 64-bit offset path (LARGE), as past
+2**31 elements. Without --full the two passes (with and without --large) share the dtype sweep,
+on 32-bit offsets; --full runs it whole in each pass, with shapes that specialize differently
+and every gradient subset.
 """
+import contextlib
 import itertools
 import json
 import os
@@ -132,22 +134,22 @@ def _option_cases():
         yield "prednet_error", dict(relu_a_hat=relu, clip_max=clip, first=first, return_mean=mean), ()
 
 
-def sweep(full, every_dtype=True):
-    """Every option combination in float32 at an odd shape, with and without gradients; then,
-    with ``every_dtype``, the first and the last option combination of each op in every dtype and
-    layout at the Moving MNIST tile shape (whose sizes and strides Triton specializes as
-    multiples of 16). ``full`` adds the other shapes and every gradient subset to the second part."""
-    cases = list(_option_cases())
-    for op, opts, optional in cases:
+def option_sweep():
+    """Every option combination in float32 at an odd shape, with and without gradients."""
+    for op, opts, optional in _option_cases():
         _call(op, opts, optional)
         _call(op, opts, optional, grads=None)
-    if not every_dtype:
-        return
+
+
+def dtype_sweep(full, ops):
+    """The first and the last option combination of each of `ops` in every dtype and layout, at the
+    Moving MNIST tile shape (whose sizes and strides Triton specializes as multiples of 16).
+    ``full`` adds the other shapes and every gradient subset."""
     by_op = {}
-    for op, opts, optional in cases:
+    for op, opts, optional in _option_cases():
         by_op.setdefault(op, []).append((opts, optional))
-    for op, op_cases in by_op.items():
-        ends = op_cases[:1] + op_cases[1:][-1:]
+    for op in ops:
+        ends = by_op[op][:1] + by_op[op][1:][-1:]
         for (opts, optional), (dtype, state_dtype), view, shape in itertools.product(
                 ends, DTYPES, ("contiguous", "channels_last"), SHAPES if full else SHAPES[1:2]):
             if op == "decoupling_loss" and state_dtype is not None:
@@ -155,16 +157,37 @@ def sweep(full, every_dtype=True):
             _call(op, opts, optional, dtype, state_dtype, view, shape, "each subset" if full else "all")
 
 
+OPS = ("convlstm_gates", "stlstm_memory", "stlstm_output", "decoupling_loss", "prednet_error")
+# Without --full the two passes share the dtype sweep (32-bit offsets: the 64-bit index arithmetic
+# is not the dtypes' own), about evenly: one pass alone took 92-171 s on this VM's core.
+DTYPE_SHARE = {False: ("stlstm_memory", "stlstm_output"), True: ("convlstm_gates", "decoupling_loss", "prednet_error")}
+
+
+@contextlib.contextmanager
+def offsets(large):
+    """With `large`, every launch takes the 64-bit offsets of views past 2**31 elements."""
+    modules = (_common, decoupling_loss, prednet_error)
+    kept = [m._INT32_MAX for m in modules]
+    if large:
+        for m in modules:
+            m._INT32_MAX = 0
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, kept):
+            m._INT32_MAX = value
+
+
 def main(out_path, full, large):
     triton_jit.JITFunction.run = _compile_instead_of_launch
     backends._triton_error = lambda device_type: None  # CPU tensors stand in for CUDA ones
-    if large:  # every launch takes the 64-bit offsets of views past 2**31 elements
-        for module in (_common, decoupling_loss, prednet_error):
-            module._INT32_MAX = 0
     with backends.use("triton"):
-        # the 64-bit offsets' pass, but for the full sweep, in float32 only: its index arithmetic
-        # is not the dtypes' own (CI's time: 453 compiles took 92-171 s on one core, now 303 and 135)
-        sweep(full, every_dtype=full or not large)
+        with offsets(large):
+            option_sweep()
+            if full:
+                dtype_sweep(full, OPS)
+        if not full:
+            dtype_sweep(full, DTYPE_SHARE[large])
     pathlib.Path(out_path).write_text(json.dumps(list(records.values()), indent=1))
     failed = sum(r["error"] is not None for r in records.values())
     print(f"{len(records)} compiles for sm_90, {failed} failed, "
