@@ -575,7 +575,7 @@ def test_checkpointed_and_offloaded_models_match_eager(backend, how):
     from torch.utils.checkpoint import checkpoint
     device = backend_device(backend)
     if backend == "triton" and device == "cpu" and not RUN_SLOW:
-        pytest.skip("a minute under the Triton interpreter (three forwards and backwards of every model): "
+        pytest.skip("9 s a case under the Triton interpreter (two forwards and a backward of every model): "
                     "run with PREDKERN_RUN_SLOW=1")
     torch.manual_seed(0)
     model = EveryOp().to(device, torch.float64)
