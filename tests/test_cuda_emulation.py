@@ -8,10 +8,11 @@ against that build, checks the CUDA kernels' indexing, layouts, dtypes, reductio
 against the float64 reference. Every run starts each tensor torch.empty makes as NaN
 (cuda_emulation/poison_empty.py), so an output element no kernel writes cannot pass. The runs:
   index32   the whole CPU test suite (but Triton's, and the reference backend's, ONNX export's and
-            the meta device's, which run the reference), threads in order;
+            the meta device's, which run the reference, and the benchmark harness's), threads in order;
   index64   the op tests on the 64-bit index path, threads between barriers in reverse order;
   asan      the op tests under AddressSanitizer (any access past a tensor aborts), threads shuffled
-            between barriers and at most two blocks per launch (the grid-stride loops turn);
+            between barriers and at most two blocks per launch (the grid-stride loops turn); not the
+            gradchecks, which run one small shape many times over (the decoupling loss's took 35 s);
   cpu_asan_<capability>  the op tests on the real CPU kernels under AddressSanitizer (vector
             tails, threads), once per instruction set they are compiled for (ATEN_CPU_CAPABILITY
             picks the variant, as it picks torch's own): the rest of the suite runs only the one
@@ -39,9 +40,12 @@ _spec = importlib.util.spec_from_file_location("cuda_emulation_build",
 emu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(emu)
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or emu.cuda_include_dir() is None,
-    reason="needs Linux (ucontext) and the CUDA toolkit's headers (cuda_fp16.h)")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux") or emu.cuda_include_dir() is None,
+                       reason="needs Linux (ucontext) and the CUDA toolkit's headers (cuda_fp16.h)"),
+    # one pytest-xdist worker builds once and runs them all (README's `--dist loadgroup`)
+    pytest.mark.xdist_group("cuda_emulation"),
+]
 
 OP_TESTS = [os.path.join(TESTS, f) for f in (
     "test_convlstm_gates.py", "test_stlstm_ops.py", "test_decoupling_loss.py", "test_prednet_error.py",
@@ -60,9 +64,11 @@ RUNS = {  # run: (build variant, its settings, pytest selection), the longest fi
                  "-k", "not triton and not onnx and not meta_device",
                  "--ignore", os.path.join(TESTS, "test_triton_compile.py"),
                  "--ignore", os.path.join(TESTS, "test_examples.py"),
+                 # the harness's own tests (52 s emulated): its cases are the op tests' ops
+                 "--ignore", os.path.join(TESTS, "test_bench_report.py"),
                  "--ignore", os.path.abspath(__file__), TESTS]),
     "asan": ("asan", {"PK_EMU_ORDER": "shuffle", "PK_EMU_MAX_BLOCKS": "2"},
-             ["-k", f"{CPU_OPS} and not compile", *OP_TESTS]),
+             ["-k", f"{CPU_OPS} and not compile and not gradcheck", *OP_TESTS]),
     "index64": ("index64", {"PK_EMU_ORDER": "reverse"}, ["-k", CPU_OPS, *OP_TESTS]),
     **{f"cpu_asan_{cap}": ("cpu_asan", {"ATEN_CPU_CAPABILITY": cap}, ["-k", f"{CPU_OPS} and not compile", *OP_TESTS])
        for cap in CAPABILITIES},
