@@ -16,6 +16,8 @@ import sys
 import pytest
 
 triton = pytest.importorskip("triton")
+# one pytest-xdist worker compiles once for all of them (README's `--dist loadgroup`)
+pytestmark = pytest.mark.xdist_group("sm90_compile")
 
 from conftest import RUN_SLOW  # noqa: E402
 
