@@ -14,6 +14,13 @@ from predkern import backends  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
 
+# Under pytest-xdist (README's `-n auto`) every worker's torch starts one thread per core: on
+# CI's two cores two workers' OpenMP threads spin-waited for each other (the model tests took
+# 55 cpu-s instead of 31). Each worker takes its share of the threads; the tests about thread
+# counts set their own.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 RUN_SLOW = os.environ.get("PREDKERN_RUN_SLOW") == "1"
 

@@ -115,6 +115,10 @@ def environment(emulated, variant, settings):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(emulated / variant), TESTS, os.path.join(TESTS, "cuda_emulation")])
     env.update(settings)
+    if emu.VARIANTS[variant][0] == "cuda":
+        # torch's own ops on one thread: the emulator runs a launch's blocks on one core anyway, and
+        # the runs go two at a time (suite_runs); the cpu_asan runs keep their threads (they test them)
+        env["OMP_NUM_THREADS"] = "1"
     if variant.endswith("asan"):
         env.update(emu.asan_environment())
     return env
