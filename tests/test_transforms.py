@@ -3,8 +3,11 @@ vmap and vmap of grad against the float64 reference. The fused ops are different
 reverse mode: under forward-mode AD (dual tensors, torch.func.jvp) and nested torch.func
 gradients every backend runs the reference; a double backward (create_graph=True, such as a
 gradient penalty), which cannot be seen coming when the op runs, raises, where before the cpu and
-cuda backends took their gradients as constants, a silently wrong result. Also torch.jit.trace
-and torch.export of every op."""
+cuda backends took their gradients as constants, a silently wrong result. An argument or output
+changed in place between the forward and the backward is refused or harmless. Also
+torch.jit.trace and torch.export of every op."""
+import re
+
 import pytest
 import torch
 
@@ -154,6 +157,49 @@ def test_double_backward_raises_instead_of_a_wrong_gradient_penalty(backend, op)
         penalty = sum(g.square().sum() for g in grads if g is not None)
         with pytest.raises(RuntimeError, match="not implemented|differentiate twice"):
             (loss + penalty).backward()
+
+
+def _gradients_after_a_change(op, backend, target, in_place):
+    """The gradients of a loss of op's outputs when, after the forward, `target` (an argument's
+    name, or "out<k>") is doubled in place; in_place=False: the same loss without the in-place
+    change (an argument left alone, an output replaced by its double)."""
+    names = [arg.name for arg in OPS[op]]
+    leaves = [t.requires_grad_() for t in _args(op, backend)]
+    args = [t * 1 for t in leaves]  # not leaves, which autograd never lets change in place
+    with backends.use(backend):
+        out = getattr(predkern, op)(**dict(zip(names, args)), **OPTIONS[op])
+    out = list(out if isinstance(out, tuple) else (out,))
+    if target in names:
+        if in_place:
+            args[names.index(target)].mul_(2)
+    else:
+        k = int(target.removeprefix("out"))
+        out[k] = out[k].mul_(2) if in_place else out[k] * 2
+    loss = sum((k + 1) * o.square().sum() + o.sum() for k, o in enumerate(out))
+    return torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_in_place_change_after_the_forward_is_refused_or_harmless(backend, op):
+    """An argument or output changed in place between the forward and the backward (a user's
+    c_new.clamp_(), say): autograd's version check refuses it, as it does for eager ops, or the
+    backward does not read that tensor and the gradients are those without the change. A kernel
+    that kept a tensor for its backward behind autograd's back would give a silently wrong one."""
+    names = [arg.name for arg in OPS[op]]
+    with backends.use(backend):
+        out = getattr(predkern, op)(*_args(op, backend), **OPTIONS[op])
+    n_out = len(out) if isinstance(out, tuple) else 1
+    for target in names + [f"out{k}" for k in range(n_out)]:
+        try:
+            got = _gradients_after_a_change(op, backend, target, in_place=True)
+        except RuntimeError as e:
+            assert re.search("modified (by an )?inplace", str(e)), (target, str(e))
+            continue
+        want = _gradients_after_a_change(op, backend, target, in_place=False)
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None), target
+            if g is not None:
+                torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=lambda m: f"{target}: {m}")
 
 
 @pytest.mark.parametrize("op", list(OPS))
