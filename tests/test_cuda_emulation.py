@@ -115,6 +115,8 @@ def environment(emulated, variant, settings):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(emulated / variant), TESTS, os.path.join(TESTS, "cuda_emulation")])
     env.update(settings)
+    for name in [k for k in env if k.startswith("PYTEST_XDIST_")]:  # a plain pytest run, not an xdist worker
+        del env[name]
     if emu.VARIANTS[variant][0] == "cuda":
         # torch's own ops on one thread: the emulator runs a launch's blocks on one core anyway, and
         # the runs go two at a time (suite_runs); the cpu_asan runs keep their threads (they test them)
