@@ -20,15 +20,18 @@ OPTIONS = {"convlstm_gates": dict(forget_bias=1.0, gate_order="ifog"), "stlstm_m
            "stlstm_output": {}, "decoupling_loss": {}, "prednet_error": dict(clip_max=1.0, return_mean=True)}
 
 
+def _scalar(outputs):
+    """A scalar of all of an op's outputs, nonlinear in each (so every output's gradient counts)."""
+    return sum((k + 1) * o.square().sum() + o.sum() for k, o in enumerate(outputs))
+
+
 def _loss(op, fn):
-    """A scalar of all of op's outputs, nonlinear in each (so every output's gradient counts), as
-    a function of its tensor arguments in OPS order."""
+    """_scalar of op's outputs as a function of its tensor arguments in OPS order."""
     names = [arg.name for arg in OPS[op]]
 
     def loss(*tensors):
         out = fn(**dict(zip(names, tensors)), **OPTIONS[op])
-        out = out if isinstance(out, tuple) else (out,)
-        return sum((k + 1) * o.square().sum() + o.sum() for k, o in enumerate(out))
+        return _scalar(out if isinstance(out, tuple) else (out,))
     return loss
 
 
@@ -175,8 +178,7 @@ def _gradients_after_a_change(op, backend, target, in_place):
     else:
         k = int(target.removeprefix("out"))
         out[k] = out[k].mul_(2) if in_place else out[k] * 2
-    loss = sum((k + 1) * o.square().sum() + o.sum() for k, o in enumerate(out))
-    return torch.autograd.grad(loss, leaves, allow_unused=True)
+    return torch.autograd.grad(_scalar(out), leaves, allow_unused=True)
 
 
 @pytest.mark.parametrize("op", list(OPS))
