@@ -6,6 +6,11 @@ such, by size.
 
     python benchmarks/memory_peak.py [--shapes mnist_train] [--ops predrnn_v2_train]
                                      [--mode "forward+backward (bf16 autocast)"] [--top 15]
+
+With --device cpu, where no allocator history exists, it prints each contender's peak only, from
+the profiler's memory events (an op's allocations counted at its start, so the peak is at op
+granularity); --merged-convs runs predkern's models on the GPU's code path there (conv_o and
+conv_last as one conv), whose memory the GPU measured.
 """
 import argparse
 import collections
@@ -53,10 +58,15 @@ def main(argv=None):
     p.add_argument("--shapes", default="mnist_train")
     p.add_argument("--ops", default="predrnn_v2_train")
     p.add_argument("--mode", default=bench_cases.AUTOCAST)
-    p.add_argument("--contenders", default="eager,predkern-cuda")
+    p.add_argument("--contenders", default=None, help="default: eager,predkern-<device>")
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--merged-convs", action="store_true")
     args = p.parse_args(argv)
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    args.contenders = args.contenders or f"eager,predkern-{device.type}"
+    if device.type == "cpu":
+        return cpu_peaks(args)
     for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
         gen = torch.Generator().manual_seed(0)
         inputs = case.make_inputs(device, torch.float32, args.mode != "forward", gen)
@@ -85,6 +95,35 @@ def main(argv=None):
                   f"{len(alive)} blocks alive there")
             for key, size in groups.most_common(args.top):
                 print(f"  {size / MiB:9.1f} MiB  {counts[key]:5d}x  {key}")
+
+
+def cpu_peaks(args):
+    from predkern.nn import stlstm_cell
+
+    if args.merged_convs:
+        stlstm_cell._merges_convs = lambda mem: True
+    for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
+        gen = torch.Generator().manual_seed(0)
+        inputs = case.make_inputs(torch.device("cpu"), torch.float32, args.mode != "forward", gen)
+        grads = None
+        for contender in args.contenders.split(","):
+            fn = bench_cases.callable_for(case, contender)
+            with bench_cases.contender_backend(contender):
+                if grads is None and args.mode != "forward":
+                    grads = runner._output_grads(case, inputs, fn, gen, args.mode)
+                runner._step(case, fn, args.mode, inputs, grads)  # warm-up
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                            profile_memory=True) as prof:
+                    runner._step(case, fn, args.mode, inputs, grads)
+            # allocations inside an op count toward its self usage; frees outside any op are
+            # [memory] events of their own
+            events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+            total = best = 0
+            for e in events:
+                total += e.self_cpu_memory_usage
+                best = max(best, total)
+            print(f"{case.name} {args.mode} {contender}{' (merged convs)' if args.merged_convs and contender.startswith('predkern') else ''}: "
+                  f"peak {best / MiB:.1f} MiB above the call's start")
 
 
 if __name__ == "__main__":
