@@ -71,8 +71,9 @@ void forward_typed(const PredNetErrorForward& p) {
         const int64_t m = std::min(V, rs.inner - j);
         Vectorized<T> r(T(0));  // set by activate()
         const auto pv = activate(load<T>(ah, j, m), p.opt, clip, r);
-        const auto d = pv - load<T>(a, j, m);
-        const auto pos = relu(d), neg = relu(d.neg());
+        const auto av = load<T>(a, j, m);
+        // a - p, not -(p - a): where p == a that is -0, which relu keeps (eager writes +0)
+        const auto pos = relu(pv - av), neg = relu(av - pv);
         store(out, j, m, pv);
         store(e_pos, j, m, pos);
         store(e_neg, j, m, neg);

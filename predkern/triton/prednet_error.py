@@ -84,9 +84,8 @@ def _prednet_error_fwd_kernel(
     a = _ld(a_ptr, b * a_sb + ch * a_sc + s * a_ss, mask, CDT)
     x = _ld(ah_ptr, b * ah_sb + ch * ah_sc + s * ah_ss, mask, CDT)
     _, p = _pred(x, clip_max, a_ptr, RELU, HAS_CLIP, CDT)
-    d = p - a
-    pos = _relu(d)   # relu(p - a)
-    neg = _relu(-d)  # relu(a - p): a - p is exactly -(p - a)
+    pos = _relu(p - a)
+    neg = _relu(a - p)  # not -(p - a): where p == a that is -0, which relu keeps (eager writes +0)
     _st(p_ptr, b * p_sb + ch * p_sc + s * p_ss, p, mask)
     e = e_ptr + b * e_sb + s * e_ss
     if TARGET_FIRST:
