@@ -14,6 +14,7 @@ conv_last as one conv), whose memory the GPU measured.
 """
 import argparse
 import collections
+import contextlib
 import os
 import sys
 
@@ -98,32 +99,43 @@ def main(argv=None):
 
 
 def cpu_peaks(args):
+    """{(case name, contender): peak bytes above the call's start}, each printed."""
+    from unittest import mock
+
     from predkern.nn import stlstm_cell
 
-    if args.merged_convs:
-        stlstm_cell._merges_convs = lambda mem: True
-    for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
-        gen = torch.Generator().manual_seed(0)
-        inputs = case.make_inputs(torch.device("cpu"), torch.float32, args.mode != "forward", gen)
-        grads = None
-        for contender in args.contenders.split(","):
-            fn = bench_cases.callable_for(case, contender)
-            with bench_cases.contender_backend(contender):
-                if grads is None and args.mode != "forward":
-                    grads = runner._output_grads(case, inputs, fn, gen, args.mode)
-                runner._step(case, fn, args.mode, inputs, grads)  # warm-up
-                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                            profile_memory=True) as prof:
-                    runner._step(case, fn, args.mode, inputs, grads)
-            # allocations inside an op count toward its self usage; frees outside any op are
-            # [memory] events of their own
-            events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-            total = best = 0
-            for e in events:
-                total += e.self_cpu_memory_usage
-                best = max(best, total)
-            print(f"{case.name} {args.mode} {contender}{' (merged convs)' if args.merged_convs and contender.startswith('predkern') else ''}: "
-                  f"peak {best / MiB:.1f} MiB above the call's start")
+    peaks = {}
+    merged = mock.patch.object(stlstm_cell, "_merges_convs", lambda mem: True) if args.merged_convs \
+        else contextlib.nullcontext()
+    with merged:
+        for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
+            gen = torch.Generator().manual_seed(0)
+            inputs = case.make_inputs(torch.device("cpu"), torch.float32, args.mode != "forward", gen)
+            grads = None
+            for contender in args.contenders.split(","):
+                fn = bench_cases.callable_for(case, contender)
+                with bench_cases.contender_backend(contender):
+                    if grads is None and args.mode != "forward":
+                        grads = runner._output_grads(case, inputs, fn, gen, args.mode)
+                    runner._step(case, fn, args.mode, inputs, grads)  # warm-up
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                profile_memory=True) as prof:
+                        runner._step(case, fn, args.mode, inputs, grads)
+                peaks[case.name, contender] = best = _peak_of_profile(prof)
+                label = " (merged convs)" if args.merged_convs and contender.startswith("predkern") else ""
+                print(f"{case.name} {args.mode} {contender}{label}: peak {best / MiB:.1f} MiB above the call's start")
+    return peaks
+
+
+def _peak_of_profile(prof):
+    # allocations inside an op count toward its self usage (at its start); frees outside any op
+    # are [memory] events of their own
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    total = best = 0
+    for e in events:
+        total += e.self_cpu_memory_usage
+        best = max(best, total)
+    return best
 
 
 if __name__ == "__main__":
