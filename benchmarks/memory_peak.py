@@ -15,6 +15,7 @@ conv_last as one conv), whose memory the GPU measured.
 import argparse
 import collections
 import contextlib
+import functools
 import os
 import sys
 
@@ -68,6 +69,31 @@ def main(argv=None):
     args.contenders = args.contenders or f"eager,predkern-{device.type}"
     if device.type == "cpu":
         return cpu_peaks(args)
+    for case, contender, step in warmed_steps(args, device):
+        torch.cuda.synchronize()
+        torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
+        step()
+        torch.cuda.synchronize()
+        snap = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        trace = snap["device_traces"][device.index or 0]
+        best, alive = peak_of(trace)
+        groups = collections.Counter()
+        counts = collections.Counter()
+        for size, frames in alive.values():
+            key = where(frames) or f"(no Python frame: autograd engine) blocks of {size / MiB:.2f} MiB"
+            groups[key] += size
+            counts[key] += 1
+        print(f"\n== {case.name} {args.mode} {contender}: peak {best / MiB:.1f} MiB above the call's start, "
+              f"{len(alive)} blocks alive there")
+        for key, size in groups.most_common(args.top):
+            print(f"  {size / MiB:9.1f} MiB  {counts[key]:5d}x  {key}")
+
+
+def warmed_steps(args, device):
+    """(case, contender, step) for each bench case and contender, inside the contender's backend
+    choice and after one warm-up call (workspaces, cuDNN plans): step() makes one more call as
+    `predkern bench` makes it."""
     for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
         gen = torch.Generator().manual_seed(0)
         inputs = case.make_inputs(device, torch.float32, args.mode != "forward", gen)
@@ -77,25 +103,9 @@ def main(argv=None):
             with bench_cases.contender_backend(contender):
                 if grads is None and args.mode != "forward":
                     grads = runner._output_grads(case, inputs, fn, gen, args.mode)
-                runner._step(case, fn, args.mode, inputs, grads)  # warm-up: workspaces, cuDNN plans
-                torch.cuda.synchronize()
-                torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
-                runner._step(case, fn, args.mode, inputs, grads)
-                torch.cuda.synchronize()
-                snap = torch.cuda.memory._snapshot()
-                torch.cuda.memory._record_memory_history(enabled=None)
-            trace = snap["device_traces"][device.index or 0]
-            best, alive = peak_of(trace)
-            groups = collections.Counter()
-            counts = collections.Counter()
-            for size, frames in alive.values():
-                key = where(frames) or f"(no Python frame: autograd engine) blocks of {size / MiB:.2f} MiB"
-                groups[key] += size
-                counts[key] += 1
-            print(f"\n== {case.name} {args.mode} {contender}: peak {best / MiB:.1f} MiB above the call's start, "
-                  f"{len(alive)} blocks alive there")
-            for key, size in groups.most_common(args.top):
-                print(f"  {size / MiB:9.1f} MiB  {counts[key]:5d}x  {key}")
+                step = functools.partial(runner._step, case, fn, args.mode, inputs, grads)
+                step()
+                yield case, contender, step
 
 
 def cpu_peaks(args):
@@ -108,22 +118,12 @@ def cpu_peaks(args):
     merged = mock.patch.object(stlstm_cell, "_merges_convs", lambda mem: True) if args.merged_convs \
         else contextlib.nullcontext()
     with merged:
-        for case in bench_cases.cases(tuple(args.shapes.split(",")), args.ops.split(",")):
-            gen = torch.Generator().manual_seed(0)
-            inputs = case.make_inputs(torch.device("cpu"), torch.float32, args.mode != "forward", gen)
-            grads = None
-            for contender in args.contenders.split(","):
-                fn = bench_cases.callable_for(case, contender)
-                with bench_cases.contender_backend(contender):
-                    if grads is None and args.mode != "forward":
-                        grads = runner._output_grads(case, inputs, fn, gen, args.mode)
-                    runner._step(case, fn, args.mode, inputs, grads)  # warm-up
-                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                                profile_memory=True) as prof:
-                        runner._step(case, fn, args.mode, inputs, grads)
-                peaks[case.name, contender] = best = _peak_of_profile(prof)
-                label = " (merged convs)" if args.merged_convs and contender.startswith("predkern") else ""
-                print(f"{case.name} {args.mode} {contender}{label}: peak {best / MiB:.1f} MiB above the call's start")
+        for case, contender, step in warmed_steps(args, torch.device("cpu")):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+                step()
+            peaks[case.name, contender] = best = _peak_of_profile(prof)
+            label = " (merged convs)" if args.merged_convs and contender.startswith("predkern") else ""
+            print(f"{case.name} {args.mode} {contender}{label}: peak {best / MiB:.1f} MiB above the call's start")
     return peaks
 
 
