@@ -150,7 +150,13 @@ def select(device_type: str) -> str:
     too, whatever backend was asked for (see _differentiated_beyond_reverse_once)."""
     if _onnx_exporting() or _differentiated_beyond_reverse_once():
         return "reference"
-    return _choose(requested(), device_type)
+    return _choose(_override or _env_backend, device_type)  # requested(), without a call per op
+
+
+def select_for(tensor: torch.Tensor) -> str:
+    """select() for `tensor`'s device. Its type read as is_cuda / is_cpu: building the
+    torch.device object of `tensor.device` cost as much as the rest of select."""
+    return select("cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type)
 
 
 def _differentiated_beyond_reverse_once() -> bool:
@@ -192,7 +198,22 @@ _onnx_exporting._dynamo_marked_constant = True  # not traced by torch.compile (s
 _AUTOMATIC = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}  # in order of preference
 
 
+# (wanted, device_type) -> cpu or cuda, once chosen: the compiled extension, which decides them, is
+# loaded or not for the life of the process. (Triton's availability follows TRITON_INTERPRET.)
+_chosen: dict[tuple[str | None, str], str] = {}
+
+
 def _choose(wanted: str | None, device_type: str) -> str:
+    chosen = _chosen.get((wanted, device_type))
+    if chosen is not None:
+        return chosen
+    backend = _choose_uncached(wanted, device_type)
+    if backend in ("cpu", "cuda"):
+        _chosen[wanted, device_type] = backend
+    return backend
+
+
+def _choose_uncached(wanted: str | None, device_type: str) -> str:
     if wanted is not None:
         reason = unavailable_reason(wanted, device_type)
         if reason is not None:

@@ -38,6 +38,7 @@ def test_automatic_choice_for_cuda_tensors_is_cuda_then_triton(monkeypatch):
     real = backends.unavailable_reason
     monkeypatch.setattr(backends, "unavailable_reason",
                         lambda name, device: "simulated" if name == "cuda" else real(name, device))
+    monkeypatch.setattr(backends, "_chosen", {})  # a process that never had the cuda backend
     if real("triton", "cuda") is None:
         assert backends.select("cuda") == "triton"
 
@@ -96,6 +97,7 @@ def test_requested_backend_that_cannot_run_raises():
 
 def test_automatic_fallback_warns_once(monkeypatch):
     monkeypatch.setattr(backends, "_extension_error", lambda: "simulated: no extension")
+    monkeypatch.setattr(backends, "_chosen", {})  # a process that never had the extension
     monkeypatch.setattr(backends, "_warned", set())
     x, c = torch.randn(1, 8, 3), torch.randn(1, 2, 3)
     with pytest.warns(RuntimeWarning, match="falling back to the pure-PyTorch reference"):

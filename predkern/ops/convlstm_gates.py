@@ -37,7 +37,7 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
     """
     if not isinstance(gates_x, Tensor):
         _checks.tensor(OP, "gates_x", gates_x)
-    backend = backends.select(gates_x.device.type)
+    backend = backends.select_for(gates_x)
     if backend != "reference" and _functorch.active():
         _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
         h_new, c_new, _ = _FUNCTORCH[backend].apply(gates_x, c, gates_h, bias, peephole, float(forget_bias),

@@ -32,7 +32,7 @@ def decoupling_loss(delta_c: Tensor, delta_m: Tensor) -> Tensor:
     """
     if not isinstance(delta_c, Tensor):
         _checks.tensor(OP, "delta_c", delta_c)
-    backend = backends.select(delta_c.device.type)
+    backend = backends.select_for(delta_c)
     if backend != "reference" and _functorch.active():
         _check(delta_c, delta_m)
         return _FUNCTORCH[backend].apply(delta_c, delta_m, True)[0]

@@ -36,7 +36,7 @@ def prednet_error(a: Tensor, a_hat: Tensor, *, relu_a_hat: bool = True, clip_max
     if not isinstance(a, Tensor):
         _checks.tensor(OP, "a", a)
     opts = _options(relu_a_hat, clip_max, first, return_mean)
-    backend = backends.select(a.device.type)
+    backend = backends.select_for(a)
     if backend != "reference" and _functorch.active():
         _check(a, a_hat)
         e, a_hat_out, e_mean = _FUNCTORCH[backend].apply(a, a_hat, *opts, True)

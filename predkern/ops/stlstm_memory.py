@@ -36,7 +36,7 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
         _checks.tensor(OP, "x_cat", x_cat)
     if not isinstance(return_deltas, bool):
         raise TypeError(f"{OP}: `return_deltas` must be a bool, got {type(return_deltas).__name__}")
-    backend = backends.select(x_cat.device.type)
+    backend = backends.select_for(x_cat)
     if backend != "reference" and _functorch.active():
         _check(x_cat, h_cat, m_cat, c, m, forget_bias)
         mem, delta_c, delta_m, _ = _FUNCTORCH[backend].apply(x_cat, h_cat, m_cat, c, m, float(forget_bias),

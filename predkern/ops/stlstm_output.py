@@ -27,7 +27,7 @@ def stlstm_output(x_cat: Tensor, h_cat: Tensor, o_conv: Tensor, last_conv: Tenso
     """
     if not isinstance(x_cat, Tensor):
         _checks.tensor(OP, "x_cat", x_cat)
-    backend = backends.select(x_cat.device.type)
+    backend = backends.select_for(x_cat)
     if backend != "reference" and _functorch.active():
         _check(x_cat, h_cat, o_conv, last_conv)
         return _FUNCTORCH[backend].apply(x_cat, h_cat, o_conv, last_conv, True)[0]
