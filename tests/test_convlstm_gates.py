@@ -143,6 +143,29 @@ def test_nan_inf_propagate_as_reference(backend):
             torch.testing.assert_close(g, r, equal_nan=True)
 
 
+def test_sigmoid_and_tanh_within_a_few_roundings(backend):
+    """The activations alone, swept over [-100, 100] in float32: with f's pre-activation -inf
+    (f = 0) and c = 0, c_new is i * g, so an infinite g's (g = 1) leaves sigmoid(x) in c_new, and an
+    infinite i's (i = 1) tanh(x). The CPU kernels compute both from their own exp (csrc/cpu/
+    vec_helpers.h): sigmoid within a few roundings relative to its value (down to the smallest
+    normal float), tanh within a few of 1 (it is 2 sigmoid(2x) - 1)."""
+    device = backend_device(backend)
+    x = torch.cat([torch.linspace(-100, 100, 40001), torch.linspace(-1e-3, 1e-3, 401)]).to(device)
+    inf = torch.full_like(x, float("inf"))
+
+    def c_new(i, g):
+        with torch.no_grad():
+            return run(backend, torch.stack([i, -inf, g, inf])[None], torch.zeros(1, 1, x.numel(), device=device))[1]
+
+    eps = torch.finfo(torch.float32).eps
+    ref_sigmoid, ref_tanh = torch.sigmoid(x.double()), torch.tanh(x.double())
+    normal = ref_sigmoid >= torch.finfo(torch.float32).tiny
+    sigmoid_err = ((c_new(x, inf)[0, 0].double() - ref_sigmoid).abs() / ref_sigmoid)[normal].max().item()
+    tanh_err = (c_new(inf, x)[0, 0].double() - ref_tanh).abs().max().item()
+    assert sigmoid_err <= 4 * eps, f"sigmoid: relative error {sigmoid_err / eps:.2f} eps"
+    assert tanh_err <= 2 * eps, f"tanh: absolute error {tanh_err / eps:.2f} eps"
+
+
 def test_peephole_product_overflow_meets_an_infinite_gate_as_in_eager(backend):
     """z + W*c where W*c overflows float32 and z is -inf: eager rounds the product to inf first,
     so the gate's argument is NaN. A fused multiply-add (what GCC, nvcc and Triton make of

@@ -201,10 +201,33 @@ PREDKERN_VEC_INLINE void store(const Run<S>& r, int64_t j, int64_t n, const Vect
   for (int64_t k = 0; k < n; ++k) r.p[(j + k) * r.inc] = static_cast<S>(buf[k]);
 }
 
-// ATen's polynomial exp (<= 20 ulp, saturates to 0 / inf): ~2x faster than Sleef's. It loses
-// NaN, which is put back so that NaN propagates as in eager PyTorch.
+// e^x for sigmoid and tanh below, which use it only in 1 / (1 + e^x).
+// Float under AVX512: exp_u20's polynomial on a reduction with ln 2 in two parts, scaled by
+// vscalefps: 12 instructions instead of ~20, and over every float x whose e^x is a normal float,
+// at most 2 ulp off (mean 0.04) where exp_u20 is off by 140 ulp on average (millions near
+// x = -87). x is clamped to [-87.3, 89] (NaN kept: min and max return their second operand where
+// one is NaN): below, e^x is not a normal float, and a denormal result costs a microcode assist
+// (3.4x slower) and changes nothing in 1 + e^x; above, the result is inf.
+// Otherwise ATen's polynomial exp (~2x faster than Sleef's), with NaN put back, which it loses.
 template <typename T>
 PREDKERN_VEC_INLINE Vectorized<T> exp(const Vectorized<T>& x) {
+#ifdef CPU_CAPABILITY_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    const auto set = [](float v) { return _mm512_set1_ps(v); };
+    __m512 clamped = _mm512_max_ps(set(-87.33654f), _mm512_min_ps(set(89.f), x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(clamped, set(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // r = x - n ln 2, ln 2 = 0.693145751953125 (exact in float, n times it too) + 1.4286068e-06
+    __m512 r = _mm512_fnmadd_ps(n, set(0.693145751953125f), clamped);
+    r = _mm512_fnmadd_ps(n, set(1.428606765330187045e-06f), r);
+    __m512 p = _mm512_fmadd_ps(r, set(0.00828929059f), set(0.0418978221f));
+    p = _mm512_fmadd_ps(r, p, set(0.166676521f));
+    p = _mm512_fmadd_ps(r, p, set(0.499991506f));
+    p = _mm512_fmadd_ps(r, p, set(0.999999701f));
+    p = _mm512_fmadd_ps(r, p, set(1.f));
+    return _mm512_scalef_ps(p, n);
+  }
+#endif
   return Vectorized<T>::blendv(x.exp_u20(), x, x != x);
 }
 
