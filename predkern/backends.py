@@ -144,30 +144,40 @@ def select(device_type: str) -> str:
     """The backend that runs an op on tensors of `device_type`. Under torch.compile this function
     is traced: reading the requested backend here puts a guard on it, so a graph compiled under
     one backend is recompiled, not reused, under another; the choice itself is made once per graph.
-    Under torch.onnx.export, the reference: ONNX has no predkern operators, and the reference's
-    standard ones export (whatever backend was asked for: the exported graph runs elsewhere).
-    Under forward-mode AD and under torch.func transforms that differentiate twice, the reference
-    too, whatever backend was asked for (see _differentiated_beyond_reverse_once)."""
-    if _onnx_exporting() or _differentiated_beyond_reverse_once():
+    Under torch.onnx.export, forward-mode AD and torch.func transforms that differentiate twice,
+    the reference, whatever backend was asked for (see _reference_forced)."""
+    if _reference_forced():
         return "reference"
     return _choose(_override or _env_backend, device_type)  # requested(), without a call per op
 
 
 def select_for(tensor: torch.Tensor) -> str:
-    """select() for `tensor`'s device. Its type read as is_cuda / is_cpu: building the
-    torch.device object of `tensor.device` cost as much as the rest of select."""
-    return select("cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type)
+    """select() for `tensor`'s device, written out rather than calling it: each Python call on an
+    op's path costs ~0.15 us, twice that once torch._dynamo is imported (its frame evaluation
+    hook). The device type is read as is_cuda / is_cpu: building `tensor.device` cost as much."""
+    if _reference_forced():
+        return "reference"
+    return _choose(_override or _env_backend,
+                   "cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type)
 
 
-def _differentiated_beyond_reverse_once() -> bool:
-    """Whether the op's result will be differentiated other than once in reverse mode: forward-mode
-    AD (dual tensors of torch.autograd.forward_ad; torch.func.jvp, jacfwd, hessian) or torch.func
+def _reference_forced() -> bool:
+    """Whether the reference runs whatever backend was asked for.
+    Under torch.onnx.export: ONNX has no predkern operators, and the reference's standard ones
+    export (the exported graph runs elsewhere). The exporters' flags are read where
+    torch.onnx.is_in_onnx_export() reads them, from their modules once imported (importing
+    torch._dynamo imports them): that function imports them at each call, 1 us, three times the
+    rest of `select_for`.
+    Where the op's result will be differentiated other than once in reverse mode: forward-mode AD
+    (dual tensors of torch.autograd.forward_ad; torch.func.jvp, jacfwd, hessian) or torch.func
     transforms nested to take a gradient of a gradient. The fused kernels have one backward and no
     forward-mode formula: dual tensors lost their tangent through them (a silent zero), and
     torch.func raised. The reference's standard ops are differentiable in every mode and order.
     (A double backward of the fused ops, create_graph=True, cannot be seen coming here: it raises
     when it reaches their backward.)"""
     if _forward_ad._current_level >= 0:  # inside a dual_level
+        return True
+    if _onnx_exporting():
         return True
     if _peek_functorch_stack() is None:  # no torch.func transform (the common case)
         return False
@@ -177,22 +187,23 @@ def _differentiated_beyond_reverse_once() -> bool:
     return TransformType.Jvp in kinds or kinds.count(TransformType.Grad) > 1
 
 
-# Evaluated once per compiled graph (see _choose below). Bound once: a lookup through torch.* per
-# call doubled the cost of `select`.
-_differentiated_beyond_reverse_once._dynamo_marked_constant = True
+def _onnx_exporting() -> bool:
+    flags = sys.modules.get("torch.onnx._internal.exporter._flags")
+    torchscript = sys.modules.get("torch.onnx._internal.torchscript_exporter._globals")
+    if flags is None and torchscript is None:
+        return False
+    try:
+        return bool((flags is not None and flags._is_onnx_exporting)
+                    or (torchscript is not None and torchscript.GLOBALS.in_onnx_export))
+    except AttributeError:  # a torch whose exporters keep their flags elsewhere
+        return torch.onnx.is_in_onnx_export()
+
+
+# Evaluated once per compiled graph, not traced (see _choose below). Bound once: a lookup through
+# torch.* per call doubled the cost of `select`.
+_reference_forced._dynamo_marked_constant = True
 _forward_ad = torch.autograd.forward_ad
 _peek_functorch_stack = torch._C._functorch.peek_interpreter_stack
-
-
-# torch.onnx.is_in_onnx_export() imports its exporters' flag modules at each call (1.2 us, four
-# times the rest of `select`): asked only once an exporter has been imported.
-def _onnx_exporting() -> bool:
-    return (("torch.onnx._internal.exporter._flags" in sys.modules
-             or "torch.onnx._internal.torchscript_exporter._globals" in sys.modules)
-            and torch.onnx.is_in_onnx_export())
-
-
-_onnx_exporting._dynamo_marked_constant = True  # not traced by torch.compile (see _choose below)
 
 
 _AUTOMATIC = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}  # in order of preference

@@ -191,3 +191,18 @@ def test_compiled_function_follows_a_later_backend_switch():
         torch.testing.assert_close(compiled(x, c), want)
     with backends.use("cpu"):
         torch.testing.assert_close(compiled(x, c), want)
+
+
+@pytest.mark.parametrize("flag", ["dynamo exporter", "torchscript exporter"])
+def test_onnx_export_flags_force_the_reference(monkeypatch, flag):
+    """select reads both exporters' flags itself (torch.onnx.is_in_onnx_export() costs 1 us per
+    op call once torch._dynamo has imported them), and they agree with that function."""
+    from torch.onnx._internal.exporter import _flags
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    if flag == "dynamo exporter":
+        monkeypatch.setattr(_flags, "_is_onnx_exporting", True)
+    else:
+        monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
+    assert torch.onnx.is_in_onnx_export()
+    assert backends.select("cpu") == "reference"
+    assert backends.select_for(torch.zeros(1)) == "reference"
