@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -211,73 +212,59 @@ std::tuple<Tensor, Tensor> backward_kernel(const OptTensor& grad_h, const OptTen
                        std::string(gate_act));
 }
 
-class ConvLSTMGatesFunction : public torch::autograd::Function<ConvLSTMGatesFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const Tensor& gx, const Tensor& c,
-                                                const OptTensor& gh, const OptTensor& bias,
-                                                const OptTensor& peep, double forget_bias,
-                                                const std::string& gate_order,
-                                                const std::string& gate_act) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("predkern::convlstm_gates_forward", "")
-                               .typed<decltype(forward_kernel)>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [h_new, c_new, saved_gates] =
-        op.call(gx, c, gh, bias, peep, forget_bias, gate_order, gate_act);
-    // Undefined incoming gradients stay undefined: the kernel treats them as zero, unread.
-    ctx->set_materialize_grads(false);
-    // Saved: the gates (see convlstm_gates.h) and c (5C per element; eager saves ~6C), plus c_new
-    // when the peephole W_co needs it.
-    ctx->save_for_backward({saved_gates, c, peep.value_or(Tensor()), peep ? c_new : Tensor()});
-    ctx->saved_data["gate_dtype"] = gx.scalar_type();
-    ctx->saved_data["gate_order"] = gate_order;
-    ctx->saved_data["gate_act"] = gate_act;
-    ctx->saved_data["has_gates_h"] = gh.has_value();
-    ctx->saved_data["has_bias"] = bias.has_value();
-    return {h_new, c_new};
+// The autograd node of convlstm_gates, as PyTorch's generated code writes one: a
+// torch::autograd::Function (a context map of IValues, per-input metadata, generic output
+// wrapping) cost 3 us of a 4.5 us call on tiny tensors, three times this node.
+// Its edges are the five inputs in order, an absent optional one an invalid edge.
+struct ConvLSTMGatesBackward : public torch::autograd::Node {
+  // Saved: the gates (see convlstm_gates.h) and c (5C per element; eager saves ~6C), plus c_new
+  // when the peephole W_co needs it.
+  torch::autograd::SavedVariable saved_gates, c, peephole, c_new;
+  at::ScalarType gate_dtype;
+  std::string gate_order, gate_act;
+
+  std::string name() const override { return "ConvLSTMGatesBackward"; }
+
+  void release_variables() override {
+    saved_gates.reset_data();
+    c.reset_data();
+    peephole.reset_data();
+    c_new.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("predkern::convlstm_gates_backward", "")
                                .typed<decltype(backward_kernel)>();
-    const auto saved = ctx->get_saved_variables();
-    const auto &saved_gates = saved[0], &c = saved[1], &peep = saved[2], &c_new = saved[3];
-    const auto gate_order = ctx->saved_data["gate_order"].toStringRef();
-    const auto gate_act = ctx->saved_data["gate_act"].toStringRef();
-    torch::autograd::variable_list out(8);
+    enum { kGatesX, kC, kGatesH, kBias, kPeephole };
+    torch::autograd::variable_list out(5);
+    // Undefined incoming gradients stay undefined: the kernel treats them as zero, unread.
     if (!grads[0].defined() && !grads[1].defined()) return out;
-
-    auto [grad_gates, grad_c] = op.call(defined_or_null(grads[0]), defined_or_null(grads[1]),
-                                        saved_gates, c, defined_or_null(peep),
-                                        ctx->saved_data["gate_dtype"].toScalarType(), gate_order,
-                                        gate_act);
-    // needs_input_grad counts only the tensors that were given.
-    const bool has_gates_h = ctx->saved_data["has_gates_h"].toBool();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const size_t bias_edge = 2 + has_gates_h, peephole_edge = bias_edge + has_bias;
-    out[0] = grad_gates;
-    out[1] = grad_c;
-    if (has_gates_h) out[2] = grad_gates;
-    if (has_bias && ctx->needs_input_grad(bias_edge)) {
+    const auto self = getptr();
+    const auto gates = saved_gates.unpack(self), c_in = c.unpack(self), peep = peephole.unpack(self);
+    auto [grad_gates, grad_c] = op.call(defined_or_null(grads[0]), defined_or_null(grads[1]), gates, c_in,
+                                        defined_or_null(peep), gate_dtype, gate_order, gate_act);
+    out[kGatesX] = grad_gates;
+    out[kC] = grad_c;
+    if (next_edge(kGatesH).is_valid()) out[kGatesH] = grad_gates;
+    if (task_should_compute_output(kBias)) {
       std::vector<int64_t> dims{0};
       for (int64_t d = 2; d < grad_gates.dim(); ++d) dims.push_back(d);
-      out[3] = at::sum(grad_gates, dims, false, c.scalar_type());
+      out[kBias] = at::sum(grad_gates, dims, false, c_in.scalar_type());
     }
-    if (peep.defined() && ctx->needs_input_grad(peephole_edge)) {
+    if (task_should_compute_output(kPeephole)) {
       // d/dW_c{i,f,o} = sum over batch of dz_{i,f,o} * (c, c, c_new). Without a gradient on h,
       // W_co's is zero: eager never runs o's path (0 * c_new would turn inf or NaN into NaN).
       // Products and sums in the compute dtype, rounded once (a half product rounded before the
       // sum over batch adds its error to terms that may cancel).
-      const auto C = saved_gates.sym_size(1) / 4;
+      const auto C = gates.sym_size(1) / 4;
       const auto slot = slot_blocks(gate_order);
       const auto up = [](const Tensor& t) { return t.to(at::toOpMathType(t.scalar_type())); };
       auto dz = [&](int k) { return up(grad_gates.narrow_symint(1, C * slot[k], C)); };
-      const auto d_co =
-          grads[0].defined() ? (dz(kO) * up(c_new)).sum(0) : at::zeros_like(peep.select(0, 2));
-      out[4] = at::stack({(dz(kI) * up(c)).sum(0), (dz(kF) * up(c)).sum(0), d_co}).to(peep.scalar_type());
+      const auto d_co = grads[0].defined() ? (dz(kO) * up(c_new.unpack(self))).sum(0)
+                                           : at::zeros_like(peep.select(0, 2));
+      out[kPeephole] = at::stack({(dz(kI) * up(c_in)).sum(0), (dz(kF) * up(c_in)).sum(0), d_co})
+                           .to(peep.scalar_type());
     }
     return out;
   }
@@ -299,9 +286,26 @@ std::tuple<Tensor, Tensor> autograd_kernel(const Tensor& gx, const Tensor& c, co
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(gx, c, gh, bias, peep, forget_bias, gate_order, gate_act);
   }
-  auto out = ConvLSTMGatesFunction::apply(gx, c, gh, bias, peep, forget_bias,
-                                          std::string(gate_order), std::string(gate_act));
-  return {out[0], out[1]};
+  static const auto forward_op = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("predkern::convlstm_gates_forward", "")
+                                     .typed<decltype(forward_kernel)>();
+  auto [h_new, c_new, saved_gates] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op.call(gx, c, gh, bias, peep, forget_bias, gate_order, gate_act);
+  }();
+  const auto node = c10::make_intrusive<ConvLSTMGatesBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(gx, c, gh.value_or(Tensor()),
+                                                           bias.value_or(Tensor()), peep.value_or(Tensor())));
+  node->saved_gates = torch::autograd::SavedVariable(saved_gates, /*is_output=*/false);
+  node->c = torch::autograd::SavedVariable(c, false);
+  if (peep) node->peephole = torch::autograd::SavedVariable(*peep, false);
+  node->gate_dtype = gx.scalar_type();
+  node->gate_order = std::string(gate_order);
+  node->gate_act = std::string(gate_act);
+  torch::autograd::set_history(h_new, node);
+  torch::autograd::set_history(c_new, node);
+  if (peep) node->c_new = torch::autograd::SavedVariable(c_new, /*is_output=*/true);  // after set_history
+  return {h_new, c_new};
 }
 
 }  // namespace
