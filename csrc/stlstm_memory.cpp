@@ -1,6 +1,7 @@
 // stlstm_memory for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of the
 // schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 2, stage 1).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -160,46 +161,34 @@ std::tuple<Tensor, Tensor, Tensor> inference_kernel(const Tensor& x, const Tenso
   return {mem, delta_c, delta_m};
 }
 
-class STLSTMMemoryFunction : public torch::autograd::Function<STLSTMMemoryFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const Tensor& x, const Tensor& h,
-                                                const Tensor& mc, const Tensor& c,
-                                                const Tensor& m, double forget_bias,
-                                                bool return_deltas) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("predkern::stlstm_memory_forward", "")
-                               .typed<decltype(forward_kernel)>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [mem, delta_c, delta_m, gates] = op.call(x, h, mc, c, m, forget_bias, return_deltas);
-    ctx->set_materialize_grads(false);
-    // Saved: the six gates (6C, gate dtype) plus the inputs c and m.
-    ctx->save_for_backward({gates, c, m});
-    ctx->saved_data["gate_dtype"] = x.scalar_type();
-    ctx->saved_data["return_deltas"] = return_deltas;
-    if (!return_deltas) ctx->mark_non_differentiable({delta_c, delta_m});
-    return {mem, delta_c, delta_m};
+// The autograd node of stlstm_memory, hand-written as convlstm_gates' (see there: a
+// torch::autograd::Function cost 3 us a call). Its edges are the five inputs in order.
+struct STLSTMMemoryBackward : public torch::autograd::Node {
+  // Saved: the six gates (6C, gate dtype) plus the inputs c and m.
+  torch::autograd::SavedVariable gates, c, m;
+  at::ScalarType gate_dtype;
+  bool return_deltas;  // else only mem has a gradient: the deltas are not differentiable
+
+  std::string name() const override { return "STLSTMMemoryBackward"; }
+
+  void release_variables() override {
+    gates.reset_data();
+    c.reset_data();
+    m.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("predkern::stlstm_memory_backward", "")
                                .typed<decltype(backward_kernel)>();
-    const auto saved = ctx->get_saved_variables();
-    torch::autograd::variable_list out(7);
-    const bool deltas = ctx->saved_data["return_deltas"].toBool();
-    const auto grad_dc = deltas ? grads[1] : Tensor(), grad_dm = deltas ? grads[2] : Tensor();
+    torch::autograd::variable_list out(5);
+    const auto grad_dc = return_deltas ? grads[1] : Tensor(), grad_dm = return_deltas ? grads[2] : Tensor();
     if (!grads[0].defined() && !grad_dc.defined() && !grad_dm.defined()) return out;
+    const auto self = getptr();
     auto [gx, gh, gm, gc, gmm] =
         op.call(defined_or_null(grads[0]), defined_or_null(grad_dc), defined_or_null(grad_dm),
-                saved[0], saved[1], saved[2], ctx->saved_data["gate_dtype"].toScalarType());
-    out[0] = gx;
-    out[1] = gh;
-    out[2] = gm;
-    out[3] = gc;
-    out[4] = gmm;
-    return out;
+                gates.unpack(self), c.unpack(self), m.unpack(self), gate_dtype);
+    return {gx, gh, gm, gc, gmm};
   }
 };
 
@@ -219,8 +208,26 @@ std::tuple<Tensor, Tensor, Tensor> autograd_kernel(const Tensor& x, const Tensor
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(x, h, mc, c, m, forget_bias, return_deltas);
   }
-  auto out = STLSTMMemoryFunction::apply(x, h, mc, c, m, forget_bias, return_deltas);
-  return {out[0], out[1], out[2]};
+  static const auto forward_op = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("predkern::stlstm_memory_forward", "")
+                                     .typed<decltype(forward_kernel)>();
+  auto [mem, delta_c, delta_m, gates] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op.call(x, h, mc, c, m, forget_bias, return_deltas);
+  }();
+  const auto node = c10::make_intrusive<STLSTMMemoryBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, h, mc, c, m));
+  node->gates = torch::autograd::SavedVariable(gates, /*is_output=*/false);
+  node->c = torch::autograd::SavedVariable(c, false);
+  node->m = torch::autograd::SavedVariable(m, false);
+  node->gate_dtype = x.scalar_type();
+  node->return_deltas = return_deltas;
+  torch::autograd::set_history(mem, node);
+  if (return_deltas) {
+    torch::autograd::set_history(delta_c, node);
+    torch::autograd::set_history(delta_m, node);
+  }
+  return {mem, delta_c, delta_m};
 }
 
 }  // namespace

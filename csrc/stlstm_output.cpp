@@ -1,6 +1,7 @@
 // stlstm_output for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of the
 // schemas in ops.cpp. The math lives in cpu/ and cuda/ (SPEC.md section 2, stage 2).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -111,28 +112,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> backward_kernel(const Tensor& grad_h,
   return {grad_x, grad_hc, grad_oc, grad_lc};
 }
 
-class STLSTMOutputFunction : public torch::autograd::Function<STLSTMOutputFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const Tensor& x, const Tensor& h,
-                                                const Tensor& oc, const Tensor& lc) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("predkern::stlstm_output_forward", "")
-                               .typed<decltype(forward_kernel)>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [h_new, o_gate, tanh_last] = op.call(x, h, oc, lc);
-    // Saved: the o gate and tanh(last_conv), C each, as eager saves o and tanh(last).
-    ctx->save_for_backward({o_gate, tanh_last});
-    return {h_new};
+// The autograd node of stlstm_output, hand-written as convlstm_gates' (see there: a
+// torch::autograd::Function cost 3 us a call). Its edges are the four inputs in order.
+struct STLSTMOutputBackward : public torch::autograd::Node {
+  // Saved: the o gate and tanh(last_conv), C each, as eager saves o and tanh(last).
+  torch::autograd::SavedVariable o_gate, tanh_last;
+
+  std::string name() const override { return "STLSTMOutputBackward"; }
+
+  void release_variables() override {
+    o_gate.reset_data();
+    tanh_last.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("predkern::stlstm_output_backward", "")
                                .typed<decltype(backward_kernel)>();
-    const auto saved = ctx->get_saved_variables();
-    auto [gx, gh, goc, glc] = op.call(grads[0], saved[0], saved[1]);
+    if (!grads[0].defined()) return torch::autograd::variable_list(4);  // no gradient arrived: none leaves
+    const auto self = getptr();
+    auto [gx, gh, goc, glc] = op.call(grads[0], o_gate.unpack(self), tanh_last.unpack(self));
     return {gx, gh, goc, glc};
   }
 };
@@ -148,7 +147,19 @@ Tensor autograd_kernel(const Tensor& x, const Tensor& h, const Tensor& oc, const
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(x, h, oc, lc);
   }
-  return STLSTMOutputFunction::apply(x, h, oc, lc)[0];
+  static const auto forward_op = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("predkern::stlstm_output_forward", "")
+                                     .typed<decltype(forward_kernel)>();
+  auto [h_new, o_gate, tanh_last] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op.call(x, h, oc, lc);
+  }();
+  const auto node = c10::make_intrusive<STLSTMOutputBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(x, h, oc, lc));
+  node->o_gate = torch::autograd::SavedVariable(o_gate, /*is_output=*/false);
+  node->tanh_last = torch::autograd::SavedVariable(tanh_last, false);
+  torch::autograd::set_history(h_new, node);
+  return h_new;
 }
 
 }  // namespace

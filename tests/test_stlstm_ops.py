@@ -188,3 +188,30 @@ def test_output_without_gradient_adds_no_nan(backend):
     for k in ("d_x_cat", "d_h_cat", "d_m_cat", "d_c", "d_m"):
         assert torch.isfinite(got[k]).all(), k
         assert max_error_over_scale(got[k], ref[k]) < 1e-5, k
+
+
+@pytest.mark.parametrize("op", ["stlstm_memory", "stlstm_output"])
+def test_graph_behaves_as_eager_autograd(backend, op):
+    """The ops' autograd nodes (on cpu/cuda hand-written C++ nodes): a second backward without
+    retain_graph raises, one with it gives the same gradients, and a saved input modified in place
+    after the call (stlstm_memory saves c and m) makes backward raise."""
+    device = backend_device(backend)
+    make = memory_inputs if op == "stlstm_memory" else output_inputs
+    x = {k: v.detach().requires_grad_() for k, v in make(device=device, dtype=torch.float64).items()}
+    with backends.use(backend):
+        out = getattr(predkern, op)(**x)
+    loss = sum(o.sum() for o in (out if isinstance(out, tuple) else (out,)))
+    first = torch.autograd.grad(loss, list(x.values()), retain_graph=True)
+    again = torch.autograd.grad(loss, list(x.values()))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(loss, list(x.values()))
+    if op == "stlstm_memory":
+        inputs = {k: v.detach().clone() for k, v in x.items()}
+        inputs["x_cat"].requires_grad_()
+        with backends.use(backend):
+            mem, _, _ = predkern.stlstm_memory(**inputs)
+        with torch.no_grad():
+            inputs["m"].add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            mem.sum().backward()
