@@ -1,6 +1,7 @@
 // decoupling_loss for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of
 // the schemas in ops.cpp. The math lives in decoupling_loss.h, cpu/ and cuda/ (SPEC.md section 3).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -103,27 +104,27 @@ std::tuple<Tensor, Tensor> backward_kernel(const Tensor& grad_loss, const Tensor
   return {grad_c, grad_m};
 }
 
-class DecouplingLossFunction : public torch::autograd::Function<DecouplingLossFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const Tensor& dc, const Tensor& dm) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("predkern::decoupling_loss_forward", "")
-                               .typed<decltype(forward_kernel)>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [loss, row_coefs] = op.call(dc, dm);
-    // Saved: the inputs and 4 doubles per row; eager keeps both normalized copies and more.
-    ctx->save_for_backward({dc, dm, row_coefs});
-    return {loss};
+// The autograd node of decoupling_loss, hand-written as convlstm_gates' (see there: a
+// torch::autograd::Function cost 3 us a call). Its edges are the two inputs in order.
+struct DecouplingLossBackward : public torch::autograd::Node {
+  // Saved: the inputs and 4 doubles per row; eager keeps both normalized copies and more.
+  torch::autograd::SavedVariable delta_c, delta_m, row_coefs;
+
+  std::string name() const override { return "DecouplingLossBackward"; }
+
+  void release_variables() override {
+    delta_c.reset_data();
+    delta_m.reset_data();
+    row_coefs.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("predkern::decoupling_loss_backward", "")
                                .typed<decltype(backward_kernel)>();
-    const auto saved = ctx->get_saved_variables();
-    auto [grad_c, grad_m] = op.call(grads[0], saved[0], saved[1], saved[2]);
+    if (!grads[0].defined()) return torch::autograd::variable_list(2);  // no gradient arrived: none leaves
+    const auto self = getptr();
+    auto [grad_c, grad_m] = op.call(grads[0], delta_c.unpack(self), delta_m.unpack(self), row_coefs.unpack(self));
     return {grad_c, grad_m};
   }
 };
@@ -139,7 +140,20 @@ Tensor autograd_kernel(const Tensor& dc, const Tensor& dm) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(dc, dm);
   }
-  return DecouplingLossFunction::apply(dc, dm)[0];
+  static const auto forward_op = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("predkern::decoupling_loss_forward", "")
+                                     .typed<decltype(forward_kernel)>();
+  auto [loss, row_coefs] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op.call(dc, dm);
+  }();
+  const auto node = c10::make_intrusive<DecouplingLossBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(dc, dm));
+  node->delta_c = torch::autograd::SavedVariable(dc, /*is_output=*/false);
+  node->delta_m = torch::autograd::SavedVariable(dm, false);
+  node->row_coefs = torch::autograd::SavedVariable(row_coefs, false);
+  torch::autograd::set_history(loss, node);
+  return loss;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // prednet_error for torch: checks, 3-D views, outputs, autograd, and the CPU / CUDA kernels of the
 // schemas in ops.cpp. The math lives in prednet_error.h, cpu/ and cuda/ (SPEC.md section 4).
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 #ifdef PREDKERN_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -127,48 +128,35 @@ std::tuple<Tensor, Tensor> backward_kernel(const OptTensor& grad_e, const OptTen
   return {grad_a, grad_a_hat};
 }
 
-class PredNetErrorFunction : public torch::autograd::Function<PredNetErrorFunction> {
- public:
-  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
-                                                const Tensor& a, const Tensor& a_hat,
-                                                bool relu_a_hat, std::optional<double> clip_max,
-                                                const std::string& first, bool return_mean) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("predkern::prednet_error", "")
-                               .typed<decltype(forward_kernel)>();
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [e, a_hat_out, e_mean] = op.call(a, a_hat, relu_a_hat, clip_max, first, return_mean);
-    // Undefined incoming gradients stay undefined: the kernel skips their terms, unread.
-    ctx->set_materialize_grads(false);
-    // Saved: the two inputs only (eager keeps relu(a_hat) and both halves of e).
-    ctx->save_for_backward({a, a_hat});
-    ctx->saved_data["relu_a_hat"] = relu_a_hat;
-    ctx->saved_data["clip_max"] = clip_max ? c10::IValue(*clip_max) : c10::IValue();
-    ctx->saved_data["first"] = first;
-    ctx->saved_data["return_mean"] = return_mean;
-    if (!return_mean) ctx->mark_non_differentiable({e_mean});
-    return {e, a_hat_out, e_mean};
+// The autograd node of prednet_error, hand-written as convlstm_gates' (see there: a
+// torch::autograd::Function cost 3 us a call). Its edges are a and a_hat.
+struct PredNetErrorBackward : public torch::autograd::Node {
+  // Saved: the two inputs only (eager keeps relu(a_hat) and both halves of e).
+  torch::autograd::SavedVariable a, a_hat;
+  bool relu_a_hat, return_mean;  // without return_mean, e_mean is not differentiable
+  std::optional<double> clip_max;
+  std::string first;
+
+  std::string name() const override { return "PredNetErrorBackward"; }
+
+  void release_variables() override {
+    a.reset_data();
+    a_hat.reset_data();
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     static const auto op = c10::Dispatcher::singleton()
                                .findSchemaOrThrow("predkern::prednet_error_backward", "")
                                .typed<decltype(backward_kernel)>();
-    torch::autograd::variable_list out(6);
-    const bool return_mean = ctx->saved_data["return_mean"].toBool();
+    // Undefined incoming gradients stay undefined: the kernel skips their terms, unread.
     const Tensor grad_mean = return_mean ? grads[2] : Tensor();
-    if (!grads[0].defined() && !grads[1].defined() && !grad_mean.defined()) return out;
-    const auto saved = ctx->get_saved_variables();
-    const auto clip = ctx->saved_data["clip_max"];
+    if (!grads[0].defined() && !grads[1].defined() && !grad_mean.defined())
+      return torch::autograd::variable_list(2);
+    const auto self = getptr();
     auto [grad_a, grad_a_hat] =
         op.call(defined_or_null(grads[0]), defined_or_null(grads[1]), defined_or_null(grad_mean),
-                saved[0], saved[1], ctx->saved_data["relu_a_hat"].toBool(),
-                clip.isNone() ? std::nullopt : std::optional<double>(clip.toDouble()),
-                ctx->saved_data["first"].toStringRef());
-    out[0] = grad_a;
-    out[1] = grad_a_hat;
-    return out;
+                a.unpack(self), a_hat.unpack(self), relu_a_hat, clip_max, first);
+    return {grad_a, grad_a_hat};
   }
 };
 
@@ -184,9 +172,25 @@ std::tuple<Tensor, Tensor, Tensor> autograd_kernel(const Tensor& a, const Tensor
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return op.call(a, a_hat, relu_a_hat, clip_max, first, return_mean);
   }
-  auto out = PredNetErrorFunction::apply(a, a_hat, relu_a_hat, clip_max, std::string(first),
-                                         return_mean);
-  return {out[0], out[1], out[2]};
+  static const auto forward_op = c10::Dispatcher::singleton()
+                                     .findSchemaOrThrow("predkern::prednet_error", "")
+                                     .typed<decltype(forward_kernel)>();
+  auto [e, a_hat_out, e_mean] = [&] {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return forward_op.call(a, a_hat, relu_a_hat, clip_max, first, return_mean);
+  }();
+  const auto node = c10::make_intrusive<PredNetErrorBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(a, a_hat));
+  node->a = torch::autograd::SavedVariable(a, /*is_output=*/false);
+  node->a_hat = torch::autograd::SavedVariable(a_hat, false);
+  node->relu_a_hat = relu_a_hat;
+  node->return_mean = return_mean;
+  node->clip_max = clip_max;
+  node->first = std::string(first);
+  torch::autograd::set_history(e, node);
+  torch::autograd::set_history(a_hat_out, node);
+  if (return_mean) torch::autograd::set_history(e_mean, node);
+  return {e, a_hat_out, e_mean};
 }
 
 }  // namespace
