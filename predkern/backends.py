@@ -148,17 +148,13 @@ def select(device_type: str) -> str:
     the reference, whatever backend was asked for (see _reference_forced)."""
     if _reference_forced():
         return "reference"
-    return _choose(_override or _env_backend, device_type)  # requested(), without a call per op
+    return _choose(requested(), device_type)
 
 
 def select_for(tensor: torch.Tensor) -> str:
-    """select() for `tensor`'s device, written out rather than calling it: each Python call on an
-    op's path costs ~0.15 us, twice that once torch._dynamo is imported (its frame evaluation
-    hook). The device type is read as is_cuda / is_cpu: building `tensor.device` cost as much."""
-    if _reference_forced():
-        return "reference"
-    return _choose(_override or _env_backend,
-                   "cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type)
+    """select() for `tensor`'s device, its type read as is_cuda / is_cpu: building
+    `tensor.device` cost as much as the rest of select."""
+    return select("cuda" if tensor.is_cuda else "cpu" if tensor.is_cpu else tensor.device.type)
 
 
 def _reference_forced() -> bool:
@@ -167,7 +163,7 @@ def _reference_forced() -> bool:
     export (the exported graph runs elsewhere). The exporters' flags are read where
     torch.onnx.is_in_onnx_export() reads them, from their modules once imported (importing
     torch._dynamo imports them): that function imports them at each call, 1 us, three times the
-    rest of `select_for`.
+    rest of `select`.
     Where the op's result will be differentiated other than once in reverse mode: forward-mode AD
     (dual tensors of torch.autograd.forward_ad; torch.func.jvp, jacfwd, hessian) or torch.func
     transforms nested to take a gradient of a gradient. The fused kernels have one backward and no

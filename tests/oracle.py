@@ -1,4 +1,5 @@
 """Outputs and input gradients of an op on a backend against the float64 reference (SPEC.md 5)."""
+import pytest
 import torch
 
 import predkern
@@ -107,3 +108,30 @@ def compiled_matches_eager(step, x, backend):
     torch.testing.assert_close(loss, loss_eager)
     for g, ge in zip(grads, grads_eager):
         torch.testing.assert_close(g, ge)
+
+
+def check_graph_behaves_as_eager(backend, op, x, opts=None, saved=()):
+    """predkern.<op>'s autograd graph on `backend` (on cpu/cuda a hand-written C++ node) behaves
+    as eager autograd's: a second backward without retain_graph raises, one with it gives the same
+    gradients, and each input named in `saved` (one the op saves), changed in place after the
+    call, makes backward raise. x: the inputs, float64 for exact equality."""
+    def loss_of(inputs):
+        with backends.use(backend):
+            out = getattr(predkern, op)(**inputs, **(opts or {}))
+        return sum(o.sum() for o in (out if isinstance(out, tuple) else (out,)) if o is not None)
+
+    leaves = {k: v.detach().requires_grad_() for k, v in x.items() if v is not None}
+    loss = loss_of(leaves)
+    first = torch.autograd.grad(loss, list(leaves.values()), retain_graph=True)
+    again = torch.autograd.grad(loss, list(leaves.values()))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    with pytest.raises(RuntimeError, match="second time"):
+        torch.autograd.grad(loss, list(leaves.values()))
+    for name in saved:
+        inputs = {k: (v.detach().clone() if v is not None else None) for k, v in x.items()}
+        next(iter(inputs.values())).requires_grad_()
+        loss = loss_of(inputs)
+        with torch.no_grad():
+            inputs[name].add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()

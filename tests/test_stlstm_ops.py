@@ -6,7 +6,8 @@ import torch
 import predkern
 from predkern import backends, reference
 from conftest import backend_device
-from oracle import check, half_no_worse_than_eager, outputs_and_grads, raises_naming_the_argument, saved_bytes
+from oracle import (check, check_graph_behaves_as_eager, half_no_worse_than_eager,
+                    outputs_and_grads, raises_naming_the_argument, saved_bytes)
 from tensors import LAYOUTS, expanded, float64_copy, max_error_over_scale, rand
 
 SPATIAL = {"2d": (5, 7), "nospatial": (), "1d": (11,), "3d": (2, 3, 5)}
@@ -192,26 +193,6 @@ def test_output_without_gradient_adds_no_nan(backend):
 
 @pytest.mark.parametrize("op", ["stlstm_memory", "stlstm_output"])
 def test_graph_behaves_as_eager_autograd(backend, op):
-    """The ops' autograd nodes (on cpu/cuda hand-written C++ nodes): a second backward without
-    retain_graph raises, one with it gives the same gradients, and a saved input modified in place
-    after the call (stlstm_memory saves c and m) makes backward raise."""
-    device = backend_device(backend)
     make = memory_inputs if op == "stlstm_memory" else output_inputs
-    x = {k: v.detach().requires_grad_() for k, v in make(device=device, dtype=torch.float64).items()}
-    with backends.use(backend):
-        out = getattr(predkern, op)(**x)
-    loss = sum(o.sum() for o in (out if isinstance(out, tuple) else (out,)))
-    first = torch.autograd.grad(loss, list(x.values()), retain_graph=True)
-    again = torch.autograd.grad(loss, list(x.values()))
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    with pytest.raises(RuntimeError, match="second time"):
-        torch.autograd.grad(loss, list(x.values()))
-    if op == "stlstm_memory":
-        inputs = {k: v.detach().clone() for k, v in x.items()}
-        inputs["x_cat"].requires_grad_()
-        with backends.use(backend):
-            mem, _, _ = predkern.stlstm_memory(**inputs)
-        with torch.no_grad():
-            inputs["m"].add_(1)
-        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-            mem.sum().backward()
+    check_graph_behaves_as_eager(backend, op, make(device=backend_device(backend), dtype=torch.float64),
+                                 saved=("c", "m") if op == "stlstm_memory" else ())

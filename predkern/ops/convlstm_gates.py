@@ -47,9 +47,7 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
         # The C++ op checks the rest itself, with the same messages: a second check in Python
         # would cost as much as the fused kernel at small sizes.
         try:
-            return _cpp_op(gates_x, c, gates_h, bias, peephole,
-                           forget_bias if type(forget_bias) is float else _float(forget_bias),  # see select_for
-                           gate_order, gate_act)
+            return _cpp_op(gates_x, c, gates_h, bias, peephole, _float(forget_bias), gate_order, gate_act)
         except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
             _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act)
             raise

@@ -43,9 +43,7 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
                                                             return_deltas, True)
     elif backend in ("cpu", "cuda"):  # the C++ op checks its arguments itself
         try:
-            mem, delta_c, delta_m = _cpp_op(
-                x_cat, h_cat, m_cat, c, m, forget_bias if type(forget_bias) is float else _float(forget_bias),
-                return_deltas)
+            mem, delta_c, delta_m = _cpp_op(x_cat, h_cat, m_cat, c, m, _float(forget_bias), return_deltas)
         except (NotImplementedError, RuntimeError):  # e.g. a quantized tensor or a list: name the argument
             _check(x_cat, h_cat, m_cat, c, m, forget_bias)
             raise
