@@ -27,6 +27,7 @@ def test_report_on_tiny_config(tmp_path):
     assert "convlstm_gates[tiny]" in md and "vs compile" in md and loaded["environment"]["torch"] in md
     if not torch.cuda.is_available():  # columns measured on a GPU only are left out, not left empty
         assert "| launches |" not in md and "| device time |" not in md and "| peak memory |" not in md
+    assert loaded["environment"]["autograd_floor_s"] > 0 and "Autograd floor here" in md
     if loaded["environment"]["cpu_allocator"]:  # glibc: said in the report
         assert loaded["environment"]["cpu_allocator"] in md
     assert all(os.path.exists(p) for p in paths)

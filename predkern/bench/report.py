@@ -79,6 +79,8 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0, com
     names = case_defs.contenders(device.type, backend_names, compile)
     env = environment(device)
     env["cpu_allocator"] = runner.steady_cpu_allocator() if device.type == "cpu" else None
+    if any(mode != "forward" for case in selected for mode in case.modes):
+        env["autograd_floor_s"] = runner.autograd_floor(device)
     data = {"environment": env, "backends": backends.status(), "results": []}
     progress = Progress(sum(len(c.modes) for c in selected))
     for case in selected:
@@ -137,7 +139,10 @@ def markdown(data: dict) -> str:
              "GB/s against a clone's device time, and peak memory (allocated at the peak of one call beyond "
              "what was allocated before it) are measured on a GPU only."
              + (f" CPU allocator for every contender: {env['cpu_allocator']} (so that one contender's frees do "
-                "not make the next page-fault its allocations in anew)." if env.get("cpu_allocator") else ""),
+                "not make the next page-fault its allocations in anew)." if env.get("cpu_allocator") else "")
+             + (f" Autograd floor here: {_fmt_time(env['autograd_floor_s'])} per `torch.autograd.grad` through "
+                "one multiply of a 1-element tensor, part of every forward+backward time below (the autograd "
+                "engine's own cost per backward call, whatever the op)." if env.get("autograd_floor_s") else ""),
              ""]
     rows = data["results"]
     for case in dict.fromkeys(r["case"] for r in rows):

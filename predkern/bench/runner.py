@@ -206,6 +206,25 @@ def clone_baseline(nbytes: int, device, repeats: int = 50) -> dict:
     return out
 
 
+def autograd_floor(device, repeats: int = 50, burst: int = 100) -> float:
+    """Median wall time of `torch.autograd.grad` through one multiply of a 1-element tensor: what
+    any forward+backward call pays here beyond its own work (the autograd engine; on a GPU, also
+    its hand-over to the device's worker thread and back)."""
+    device = torch.device(device)
+    x = torch.ones(1, device=device, requires_grad=True)
+    grad = torch.ones(1, device=device)
+    times = []
+    for i in range(repeats + 1):  # the first burst warms up
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(burst):
+            torch.autograd.grad(x * 2, x, grad)
+        _sync(device)
+        if i:
+            times.append((time.perf_counter() - t0) / burst)
+    return statistics.median(times)
+
+
 def _burst(per_call_s: float) -> int:
     """Calls timed together so that a sample lasts about a millisecond (at most 100)."""
     return int(min(100, max(1, 1e-3 / max(per_call_s, 1e-9))))
