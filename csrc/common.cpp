@@ -24,16 +24,34 @@ std::string shape_str(at::IntArrayRef sizes) {
   return out + "]";
 }
 
+std::string dtype_str(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
+std::string layout_str(at::Layout layout) {
+  switch (layout) {
+    case at::kStrided: return "torch.strided";
+    case at::kSparse: return "torch.sparse_coo";
+    case at::kSparseCsr: return "torch.sparse_csr";
+    case at::kSparseCsc: return "torch.sparse_csc";
+    case at::kSparseBsr: return "torch.sparse_bsr";
+    case at::kSparseBsc: return "torch.sparse_bsc";
+    case at::kMkldnn: return "torch._mkldnn";
+    case at::kJagged: return "torch.jagged";
+    default: return "layout " + std::to_string(static_cast<int>(layout));
+  }
+}
+
 void check_no_tangents(const char* op, bool any_tangent) {
   TORCH_CHECK(!any_tangent, "torch.ops.predkern.", op, " has no forward-mode AD formula (a dual tensor ",
               "was passed): call predkern.", op, ", which runs the pure-PyTorch reference under forward-mode AD");
 }
 
 void check_tensor(const char* op, const Tensor& t, const char* name, const Tensor& like) {
-  TORCH_CHECK_TYPE(t.is_floating_point(), op, ": `", name,
-                   "` must be a floating-point tensor, got dtype ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.is_floating_point(), op, ": `", name, "` must be a floating-point tensor ",
+                   "(float16, bfloat16, float32 or float64), got dtype ", dtype_str(t.scalar_type()));
   TORCH_CHECK_VALUE(t.layout() == at::kStrided, op, ": `", name,
-                    "` must be a strided (dense) tensor, got layout ", t.layout());
+                    "` must be a strided (dense) tensor, got layout ", layout_str(t.layout()));
   TORCH_CHECK_VALUE(t.device() == like.device(), op, ": `", name,
                     "` must be on the device of the other inputs (", like.device(), "), got ",
                     t.device());
@@ -41,14 +59,14 @@ void check_tensor(const char* op, const Tensor& t, const char* name, const Tenso
 
 void check_shape(const char* op, const Tensor& t, const char* name, at::IntArrayRef expected,
                  const char* what) {
-  TORCH_CHECK_VALUE(t.sizes() == expected, op, ": `", name, "` must have shape ", what, " = ",
-                    shape_str(expected), ", got ", shape_str(t.sizes()));
+  TORCH_CHECK_VALUE(t.sizes() == expected, op, ": `", name, "` must have shape ", shape_str(expected),
+                    " (as ", what, "), got ", shape_str(t.sizes()));
 }
 
 void check_dtype(const char* op, const Tensor& t, const char* name, at::ScalarType expected,
                  const char* what) {
   TORCH_CHECK_VALUE(t.scalar_type() == expected, op, ": `", name, "` must have the dtype of ",
-                    what, " (", expected, "), got ", t.scalar_type());
+                    what, " (", dtype_str(expected), "), got ", dtype_str(t.scalar_type()));
 }
 
 void check_state_dtype(const char* op, const Tensor& state, const char* name,
@@ -56,8 +74,8 @@ void check_state_dtype(const char* op, const Tensor& state, const char* name,
   const auto s = state.scalar_type();
   const bool autocast_mix = s == at::kFloat && (gates == at::kHalf || gates == at::kBFloat16);
   TORCH_CHECK_VALUE(s == gates || autocast_mix, op, ": `", name,
-                    "` must have the dtype of the gates (", gates,
-                    "), or float32 with float16/bfloat16 gates, got ", s);
+                    "` must have the dtype of the gates (", dtype_str(gates),
+                    "), or float32 with float16/bfloat16 gates, got ", dtype_str(s));
 }
 
 int64_t check_stacked(const char* op, const Tensor& t, const char* name, int64_t k,

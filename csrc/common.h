@@ -20,6 +20,10 @@ DType dtype_of(at::ScalarType t);
 // segfault while every message without a number was raised cleanly (see NOTES in the GPU results).
 std::string num(int64_t n);
 std::string shape_str(at::IntArrayRef sizes);  // "[2, 3, 4]", as torch prints a shape
+// dtypes and layouts as Python prints them ("torch.float32", "torch.sparse_coo"), so that the
+// C++ checks' messages are the Python checks' (predkern/ops/_checks.py) word for word
+std::string dtype_str(at::ScalarType t);
+std::string layout_str(at::Layout layout);
 
 // `t` is a dense floating-point tensor on `like`'s device.
 void check_tensor(const char* op, const Tensor& t, const char* name, const Tensor& like);

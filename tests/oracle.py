@@ -81,7 +81,8 @@ def saved_bytes(fn):
 
 def raises_naming_the_argument(backend, fn, case, device):
     """A bad-input case (name, kwargs, exception type, words) raises before any kernel runs, with
-    a message naming `name`, and leaves every input as it was."""
+    a message naming `name`, word for word the reference's (SPEC.md section 5: the same errors on
+    every backend), and leaves every input as it was."""
     import pytest
 
     name, kwargs, exc, words = case
@@ -92,6 +93,10 @@ def raises_naming_the_argument(backend, fn, case, device):
     with backends.use(backend), pytest.raises(exc) as info:
         fn(**kwargs)
     assert f"`{name}`" in str(info.value) and words in str(info.value), str(info.value)
+    if backend != "reference":
+        with backends.use("reference"), pytest.raises(exc) as ref_info:
+            fn(**kwargs)
+        assert str(info.value) == str(ref_info.value)
     for k, v in before.items():
         assert torch.equal(kwargs[k], v), f"{k} was modified"
 

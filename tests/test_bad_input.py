@@ -71,6 +71,10 @@ def test_bad_tensor_raises_naming_the_argument(backend, op, name, kind):
         getattr(predkern, op)(**x)
     message = str(info.value)
     assert f"`{name}`" in message and words in message, message
+    if backend != "reference":  # word for word the reference's message (SPEC.md section 5: the same errors)
+        with predkern.backends.use("reference"), pytest.raises(exc) as ref_info:
+            getattr(predkern, op)(**x)
+        assert message == str(ref_info.value)
     for k, v in before.items():
         if k != name:
             assert torch.equal(x[k], v), f"{k} was written"
@@ -96,3 +100,20 @@ def test_nan_and_inf_propagate_as_in_the_reference(backend, op, value):
             if fin.any():
                 torch.testing.assert_close(g[fin], r[fin], rtol=1e-5, atol=1e-5 * max(1.0, r[fin].abs().max().item()),
                                            msg=f"{arg.name}={value}: finite values of {k}")
+
+
+def test_numpy_scalars_are_accepted_as_float_options(backend):
+    """A NumPy float32 (what indexing a float32 array gives) is a number like any float: the
+    float options take it and compute as with the Python float."""
+    np = pytest.importorskip("numpy")
+    device = backend_device(backend)
+    for op, option in (("convlstm_gates", "forget_bias"), ("stlstm_memory", "forget_bias"),
+                       ("prednet_error", "clip_max")):
+        x = inputs(op, device=device)
+        with predkern.backends.use(backend):
+            want = getattr(predkern, op)(**x, **{option: 0.25})
+            got = getattr(predkern, op)(**x, **{option: np.float32(0.25)})
+        for g, w in zip(got, want):
+            assert (g is None and w is None) or torch.equal(g, w), f"{op}: {option}"
+    with pytest.raises(TypeError, match="`forget_bias` must be a float, got bool"):
+        predkern.convlstm_gates(**inputs("convlstm_gates", device=device), forget_bias=True)

@@ -61,8 +61,10 @@ def test_stlstm_thuml_signature_and_keys():
     assert shapes["conv_x.0.weight"] == (56, 16, 5, 5) and shapes["conv_h.0.weight"] == (32, 8, 5, 5)
     assert shapes["conv_m.0.weight"] == (24, 8, 5, 5) and shapes["conv_o.0.weight"] == (8, 16, 5, 5)
     assert shapes["conv_last.weight"] == (8, 16, 1, 1) and shapes["conv_x.1.weight"] == (56, 4, 4)
-    with pytest.raises(TypeError, match="height, width, filter_size"):
+    with pytest.raises(TypeError, match=r"height, width, filter_size.*then 2 positional arguments \(4, 5\)$"):
         pknn.SpatioTemporalLSTMCell(16, 8, 4, 5)
+    with pytest.raises(TypeError, match=r"then 1 positional argument \(4,\) and keyword arguments stride=1$"):
+        pknn.SpatioTemporalLSTMCell(16, 8, 4, stride=1)
 
 
 @pytest.mark.parametrize("dtype,rel", DTYPES, ids=["fp64", "fp32"])

@@ -68,8 +68,7 @@ class PredNet(nn.Module):
                 want = "len(stack_sizes) - 1" if name == "A_filt_sizes" else "len(stack_sizes)"
                 raise ValueError(f"{NAME}: `{name}` must have {want} = {n} entries, got {len(sizes[name])}: "
                                  f"{list(sizes[name])}")
-        if pixel_max is not None and (isinstance(pixel_max, bool) or not isinstance(pixel_max, (int, float))):
-            raise TypeError(f"{NAME}: `pixel_max` must be a float or None, got {type(pixel_max).__name__}")
+        pixel_max = _checks.real(NAME, "pixel_max", pixel_max, none_ok=True)
         m = _LAYER_MODE.match(output_mode) if isinstance(output_mode, str) else None
         if output_mode not in OUTPUT_MODES and not (m and int(m.group(2)) < L):
             raise ValueError(f"{NAME}: `output_mode` must be one of {OUTPUT_MODES} or R/E/A/Ahat followed by a "

@@ -2,6 +2,8 @@
 was given (SPEC.md section 5). The C++ extension checks the same things for direct torch.ops calls."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -23,9 +25,20 @@ def tensor(op: str, name: str, t, like: torch.Tensor | None = None) -> None:
                          f"({like.device}), got {t.device}")
 
 
+def real(op: str, name: str, value, none_ok: bool = False) -> float | None:
+    """A real number (Python's or NumPy's, not a bool) as the Python float the kernels take."""
+    if type(value) is float:  # the common case, before the slower check against numbers.Real
+        return value
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: `{name}` must be a float{' or None' if none_ok else ''}, got {type(value).__name__}")
+    return float(value)
+
+
 def shape(op: str, name: str, t: torch.Tensor, expected, what: str) -> None:
     if tuple(t.shape) != tuple(expected):
-        raise ValueError(f"{op}: `{name}` must have shape {what} = {list(expected)}, got {list(t.shape)}")
+        raise ValueError(f"{op}: `{name}` must have shape {list(expected)} (as {what}), got {list(t.shape)}")
 
 
 def dtype(op: str, name: str, t: torch.Tensor, expected: torch.dtype, what: str) -> None:

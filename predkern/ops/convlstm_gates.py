@@ -65,9 +65,7 @@ def convlstm_gates(gates_x: Tensor, c: Tensor, gates_h: Optional[Tensor] = None,
 
 
 def _float(forget_bias) -> float:
-    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
-        raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(forget_bias).__name__}")
-    return float(forget_bias)
+    return _checks.real(OP, "forget_bias", forget_bias)
 
 
 def _check(gates_x, c, gates_h, bias, peephole, forget_bias, gate_order, gate_act) -> None:

@@ -61,10 +61,9 @@ def _options(relu_a_hat, clip_max, first, return_mean):
     for name, v in (("relu_a_hat", relu_a_hat), ("return_mean", return_mean)):
         if not isinstance(v, bool):
             raise TypeError(f"{OP}: `{name}` must be a bool, got {type(v).__name__}")
-    if clip_max is not None and (isinstance(clip_max, bool) or not isinstance(clip_max, (int, float))):
-        raise TypeError(f"{OP}: `clip_max` must be a float or None, got {type(clip_max).__name__}")
+    clip_max = _checks.real(OP, "clip_max", clip_max, none_ok=True)
     _checks.choice(OP, "first", first, FIRSTS)
-    return relu_a_hat, None if clip_max is None else float(clip_max), first, return_mean
+    return relu_a_hat, clip_max, first, return_mean
 
 
 def _check(a, a_hat) -> None:

@@ -60,9 +60,7 @@ def stlstm_memory(x_cat: Tensor, h_cat: Tensor, m_cat: Tensor, c: Tensor, m: Ten
 
 
 def _float(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{OP}: `forget_bias` must be a float, got {type(value).__name__}")
-    return float(value)
+    return _checks.real(OP, "forget_bias", value)
 
 
 def _check(x_cat, h_cat, m_cat, c, m, forget_bias) -> None:
