@@ -15,8 +15,13 @@ def _info(_args) -> int:
           f"CUDA {torch.version.cuda or 'none'} ({'GPU present' if torch.cuda.is_available() else 'no GPU'}), "
           f"triton {'.'.join(map(str, triton)) if triton else 'none'}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    for name, reason in backends.status().items():
+    status = backends.status()
+    for name, reason in status.items():
         print(f"  {name:<10} {'available' if reason is None else 'missing: ' + reason}")
+    wanted = backends.requested()
+    if wanted:  # PREDKERN_BACKEND: every op call raises where it cannot run
+        print(f"requested by PREDKERN_BACKEND: {wanted}"
+              + ("" if status[wanted] is None else " (missing, so op calls raise instead of falling back)"))
     return 0
 
 
@@ -26,7 +31,7 @@ def _bench(args) -> int:
     if args.compare:
         print(report.compare(*args.compare))
         return 0
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.parser, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shapes = args.shapes.split(",") if args.shapes else (cases.FULL_SHAPES if args.full else cases.DEFAULT_SHAPES)
     try:
         data = report.run_all(device, shapes, op_names=args.ops.split(",") if args.ops else None,
@@ -37,10 +42,24 @@ def _bench(args) -> int:
     except ValueError as err:  # an unknown shape, op or backend: before anything is timed
         args.parser.error(str(err))
     paths = report.write(data, args.out)
-    print(report.markdown(data))
-    print("wrote " + ", ".join(paths))
+    print("Median time per call (speedup over eager):\n")
+    print(report.summary(data))
+    print("\nwrote " + ", ".join(paths) + " (REPORT.md: every measurement, the method and the versions)")
     failed = [r for r in data["results"] if r["status"] != "ok"]
     return 1 if failed else 0
+
+
+def _device(parser, name: str) -> torch.device:
+    """--device as a torch.device the harness can time on, else a usage error (exit 2)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda (cuda:N for another GPU), got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {name}: no CUDA GPU here (torch.cuda.is_available() is False)")
+    return device
 
 
 def main(argv=None) -> int:

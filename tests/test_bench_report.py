@@ -89,7 +89,9 @@ def test_cli_selects_writes_and_compares(tmp_path, capsys):
         assert all(r["status"] == "ok" and r["peak_bytes"] is None for r in rows)  # no GPU peak on a CPU
         assert (out / "speedup.png").exists() and (out / "time_vs_size.png").exists()
         runs.append(str(out / "results.json"))
-    capsys.readouterr()
+    printed = capsys.readouterr().out  # a table of medians per case and mode, not the whole report
+    assert printed.count("| convlstm_gates[tiny] | forward") == 2 * 2 and "REPORT.md" in printed
+    assert "# predkern benchmark report" not in printed
     assert cli.main(["bench", "--compare", *runs]) == 0
     table = capsys.readouterr().out
     assert table.count("| convlstm_gates[") == 2 * 2 * 2  # 2 shapes x 2 modes x the 2 contenders in both
@@ -141,6 +143,10 @@ def test_rotation_keeps_three_sets_on_a_cpu():
     (["--shapes", "huge"], "unknown shapes"),
     (["--backends", "cudnn"], "unknown backends"),
     (["--backends", "cuda", "--device", "cpu"], "cannot run on cpu"),
+    (["--device", "gpu"], "--device must be cpu or cuda"),
+    (["--device", "mps"], "--device must be cpu or cuda"),
+    pytest.param(["--device", "cuda"], "no CUDA GPU here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_cli_refuses_unknown_selections_before_timing(argv, message, capsys):
     from predkern import cli

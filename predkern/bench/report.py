@@ -48,20 +48,30 @@ def _cpu_name() -> str:
 
 
 class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal): the cases
+    finished, and what runs now (a torch.compile of a whole model takes minutes)."""
 
     def __init__(self, total: int):
-        self.total, self.done, self.tty = total, 0, sys.stderr.isatty()
+        self.total, self.done, self.tty, self.label = total, 0, sys.stderr.isatty(), ""
 
-    def step(self, label: str):
-        self.done += 1
+    def start(self, label: str):
+        self.label = label
+        if self.tty:  # a log gets the notes that follow, each naming the case
+            self.note("")
+
+    def note(self, what: str):
         bar = "#" * (20 * self.done // self.total)
-        line = f"[{bar:<20}] {self.done}/{self.total} {label}"
-        if self.tty:
-            sys.stderr.write("\r\033[K" + line + ("\n" if self.done == self.total else ""))
-        else:
-            sys.stderr.write(line + "\n")
+        line = f"[{bar:<20}] {self.done}/{self.total} done; {self.label}" + (f": {what}" if what else "")
+        sys.stderr.write("\r\033[K" + line if self.tty else line + "\n")
         sys.stderr.flush()
+
+    def finish(self):
+        self.done += 1
+        if self.done == self.total:
+            self.label = "all"
+            self.note("")
+            if self.tty:
+                sys.stderr.write("\n")
 
 
 def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0, compile=True,
@@ -86,8 +96,9 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0, com
     for case in selected:
         clone = None
         for mode in case.modes:
-            progress.step(f"{case.name} {mode}: {', '.join(names)}")
-            rows = runner.run_group(case, names, mode, device, budget_s=budget_s * len(names))
+            progress.start(f"{case.name} {mode}")
+            rows = runner.run_group(case, names, mode, device, budget_s=budget_s * len(names), note=progress.note)
+            progress.finish()
             if mode == "forward" and case.min_bytes:
                 clone = clone or runner.clone_baseline(case.min_bytes, device)
                 _bandwidth(rows, case.min_bytes, clone)
@@ -166,6 +177,30 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(data: dict) -> str:
+    """The medians of every case and mode, a column per contender, each with its speedup over
+    eager: what `predkern bench` prints (REPORT.md has the rest)."""
+    rows = data["results"]
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    lines = ["| case | mode | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        for mode in dict.fromkeys(r["mode"] for r in rows if r["case"] == case):
+            group = {r["contender"]: r for r in rows if r["case"] == case and r["mode"] == mode}
+            eager = group.get("eager", {}).get("median_s")
+            cells = []
+            for name in names:
+                r = group.get(name)
+                if r is None:
+                    cells.append("")
+                elif r["status"] != "ok":
+                    cells.append(r["status"].upper())
+                else:
+                    ratio = _ratio(r["median_s"], eager)
+                    cells.append(_fmt_time(r["median_s"]) + (f" ({ratio})" if ratio and name != "eager" else ""))
+            lines.append(f"| {case} | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _table_row(r: dict, base: dict) -> dict:
     """One contender's row of a case's table: column title -> cell text ('' where not measured)."""
     med = r.get("median_s")
@@ -222,21 +257,30 @@ def plots(data: dict, out_dir: str) -> list[str]:
         return []
     ok = [r for r in data["results"] if r["status"] == "ok"]
     written = []
-    labels = list(dict.fromkeys(f"{r['case']}\n{r['mode']}" for r in ok))
+    # one row per (case, mode), top to bottom in the report's order, a bar per contender; a log
+    # axis, as speedups run from below 1x to tens
+    labels = list(dict.fromkeys(f"{r['case']} {r['mode']}" for r in ok))
     contenders = [c for c in dict.fromkeys(r["contender"] for r in ok) if c != "eager"]
-    eager = {f"{r['case']}\n{r['mode']}": r["median_s"] for r in ok if r["contender"] == "eager"}
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
-    width = 0.8 / max(1, len(contenders))
+    eager = {f"{r['case']} {r['mode']}": r["median_s"] for r in ok if r["contender"] == "eager"}
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.22 * len(labels) * max(1, len(contenders))))
+    height = 0.8 / max(1, len(contenders))
     for j, name in enumerate(contenders):
-        by = {f"{r['case']}\n{r['mode']}": r["median_s"] for r in ok if r["contender"] == name}
-        xs = [i + j * width for i, lab in enumerate(labels) if lab in by and lab in eager]
-        ys = [eager[lab] / by[lab] for lab in labels if lab in by and lab in eager]
-        ax.bar(xs, ys, width, label=name)
-    ax.axhline(1.0, color="gray", lw=0.8)
-    ax.set_xticks([i + width * (len(contenders) - 1) / 2 for i in range(len(labels))], labels, fontsize=7)
-    ax.set_ylabel("speedup over eager PyTorch")
+        by = {f"{r['case']} {r['mode']}": r["median_s"] for r in ok if r["contender"] == name}
+        ys = [i + j * height for i, lab in enumerate(labels) if lab in by and lab in eager]
+        xs = [eager[lab] / by[lab] for lab in labels if lab in by and lab in eager]
+        ax.barh(ys, xs, height, label=name)
+    ax.set_xscale("log")
+    ticks = [2.0 ** k for k in range(-5, 8)]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlim(left=min([0.9] + [p.get_width() / 1.5 for p in ax.patches]))
+    ax.axvline(1.0, color="gray", lw=0.8)
+    ax.set_yticks([i + height * (len(contenders) - 1) / 2 for i in range(len(labels))], labels, fontsize=7)
+    ax.set_ylim(len(labels) - height / 2, -height * 1.5 if labels else 1)  # the first case on top
+    ax.set_xlabel("speedup over eager PyTorch (log scale; > 1 is faster)")
     ax.set_title(f"predkern on {data['environment']['device_name']}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", lw=0.3, alpha=0.5)
     fig.tight_layout()
     path = os.path.join(out_dir, "speedup.png")
     fig.savefig(path, dpi=120)
@@ -258,16 +302,17 @@ def plots(data: dict, out_dir: str) -> list[str]:
         ax.set_visible(False)
     names = list(dict.fromkeys(r["contender"] for r in ok))
     for ax, op in zip(axes.flat, ops):
-        for mode, style in zip(("forward", "forward+backward"), ("-", "--")):
-            for k, name in enumerate(names):  # a colour per contender, a line style per mode
+        for mode, style, fill in (("forward", "-", None), ("forward+backward", "--", "none")):
+            for k, name in enumerate(names):  # a colour per contender; per mode a line style and a marker
                 pts = sorted((_elements(r["dims"]), r["median_s"]) for r in ok
                              if r["contender"] == name and r["mode"] == mode and r["op"] == op)
                 if len(pts) > 1:
-                    ax.loglog(*zip(*pts), style, marker="o", color=f"C{k}", label=f"{name} {mode}")
+                    ax.loglog(*zip(*pts), style, marker="o", markerfacecolor=fill, color=f"C{k}",
+                              label=f"{name} {mode}")
         ax.set_xlabel("elements per call (terms * B * C * H * W)")
         ax.set_ylabel("median time per call (s)")
         ax.set_title(f"{op}: time against problem size", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, handlelength=3.5)  # long enough to show the dashes
     fig.tight_layout()
     path = os.path.join(out_dir, "time_vs_size.png")
     fig.savefig(path, dpi=120)

@@ -232,14 +232,14 @@ def _burst(per_call_s: float) -> int:
 
 def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s: float = 1.0,
               min_repeats: int = 10, max_repeats: int = 500, warmup: int = 3, rotate: int | None = None,
-              seed: int = 0) -> list[dict]:
+              seed: int = 0, note=lambda what: None) -> list[dict]:
     """Check every contender, then time them side by side: each round runs every contender in
     turn, so that all of them see the same machine state (allocator, clocks, other load). A
     contender's turn is one call, or for calls under a millisecond a burst of calls timed together
     (so a tiny call is not timed cold after the others polluted the caches), giving one sample of
     the mean call time. As many rounds as fit in `budget_s` (within [min_repeats, max_repeats]);
     medians reported. Rotating `rotate` input sets (default: `rotation`) keeps inputs out of cache,
-    as in training."""
+    as in training. `note(what)` is told what runs now."""
     device = torch.device(device)
     rotate = rotate or rotation(case.min_bytes, device)
     # A fresh compile per case and mode: torch.compile's cache of one function over many shapes
@@ -255,6 +255,7 @@ def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s:
         row = dict(case=case.name, op=case.op, shape=case.shape_name, dims=case.dims, mode=mode,
                    contender=contender, device=str(device), input_sets=rotate)
         rows.append(row)
+        note(f"compiling and checking {contender}" if contender == "compile" else f"checking {contender}")
         try:
             with contender_backend(contender):
                 if requires_grad and grads is None:
@@ -283,6 +284,7 @@ def run_group(case: Case, contenders: list[str], mode: str, device, *, budget_s:
         timed.append((row, fn, per_call))
     if not timed:
         return rows
+    note("timing " + ", ".join(row["contender"] for row, _, _ in timed))
     burst = {id(row): _burst(per_call) for row, _, per_call in timed}
     round_s = sum(per_call * burst[id(row)] for row, _, per_call in timed)
     repeats = int(min(max_repeats, max(min_repeats, budget_s / max(round_s, 1e-9))))
