@@ -1,7 +1,8 @@
 """pytest-benchmark suite over the very cases `predkern bench` runs (predkern/bench/cases.py).
 
     pytest benchmarks/ --benchmark-only --benchmark-group-by=param:case,param:mode
-Shapes: PREDKERN_BENCH_SHAPES (comma-separated, default: the --full set); ops: PREDKERN_BENCH_OPS.
+Shapes: PREDKERN_BENCH_SHAPES (comma-separated; default: as `predkern bench`, the small default
+set on a CPU, the --full set with the paper configs on a GPU); ops: PREDKERN_BENCH_OPS.
 """
 import os
 
@@ -11,7 +12,8 @@ import torch
 from predkern.bench import cases, runner
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHAPES = os.environ.get("PREDKERN_BENCH_SHAPES", ",".join(cases.FULL_SHAPES)).split(",")
+DEFAULT_SHAPES = cases.FULL_SHAPES if DEVICE == "cuda" else cases.DEFAULT_SHAPES  # training configs are for a GPU
+SHAPES = os.environ.get("PREDKERN_BENCH_SHAPES", ",".join(DEFAULT_SHAPES)).split(",")
 OPS = os.environ.get("PREDKERN_BENCH_OPS")
 CASES = cases.cases(SHAPES, OPS.split(",") if OPS else None)
 if DEVICE == "cpu":

@@ -6,7 +6,7 @@ shapes (balls, or digit glyphs from a 5x7 bitmap font defined below) moving at c
 velocity and bouncing off the walls, values in [0, 1], one channel. Every training batch is
 new; the validation batch is fixed.
 
-    PYTHONPATH=. python examples/train_bouncing.py                    # PredRNN-V2, a few minutes on 2 CPU cores
+    PYTHONPATH=. python examples/train_bouncing.py                    # PredRNN-V2, ~1.5 min on 2 CPU cores
     PYTHONPATH=. python examples/train_bouncing.py --model prednet
 
 Writes to --out (default examples/out): loss_curve.png (training loss; validation MSE against
