@@ -93,8 +93,8 @@ def run_all(device, shapes, op_names=None, backend_names=None, budget_s=1.0, com
         env["autograd_floor_s"] = runner.autograd_floor(device)
     data = {"environment": env, "backends": backends.status(), "results": []}
     progress = Progress(sum(len(c.modes) for c in selected))
-    sys.stderr.write(f"predkern bench: {progress.total} runs of {len(selected)} cases on {device}, contenders "
-                     f"{', '.join(names)}"
+    sys.stderr.write(f"predkern bench on {device}: {len(selected)} case(s), {progress.total} (case, mode) run(s), "
+                     f"contenders {', '.join(names)}"
                      + ("; torch.compile of a whole model's training iteration takes a minute or more the "
                         "first time (--no-compile leaves torch.compile out)"
                         if "compile" in names and any(c.op.endswith("_train") for c in selected) else "")
